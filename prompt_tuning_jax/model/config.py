@@ -54,7 +54,7 @@ class T5Config:
       if getattr(self, name) <= 0:
         raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 
-  def replace(self, **changes: Any) -> "T5Config":
+  def replace(self, **changes: Any) -> T5Config:
     return dataclasses.replace(self, **changes)
 
 

@@ -1,1 +1,16 @@
-"""prompts"""
+"""Soft prompts: the prompt module, how it joins the inputs, and its initializers."""
+
+from prompt_tuning_jax.prompts.initializers import (
+    from_class_labels,
+    from_file,
+    from_sampled_vocab,
+    from_text,
+    init_missing_params,
+    uniform,
+)
+from prompt_tuning_jax.prompts.prompt import PrefixPrompt, Prompt, prefix_prompt
+
+__all__ = [
+    "PrefixPrompt", "Prompt", "prefix_prompt", "from_class_labels", "from_file", "from_sampled_vocab", "from_text",
+    "init_missing_params", "uniform",
+]
