@@ -47,6 +47,8 @@ class T5Config:
   remat_policy: str = "none"
 
   def __post_init__(self):
+    # gin files name dtypes as strings ("bfloat16"); normalize so configs compare equal either way.
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     if self.remat_policy not in ("none", "full"):
       raise ValueError(f"remat_policy must be 'none' or 'full', got {self.remat_policy!r}")
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
