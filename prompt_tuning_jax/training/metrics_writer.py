@@ -1,0 +1,82 @@
+"""Where training reports go: MODEL_DIR/metrics.jsonl, TensorBoard events, and a progress bar.
+
+Only process 0 writes; other processes get disabled writers so the loop can call them unconditionally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping
+
+import tqdm
+from clu import metric_writers
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+  """Appends {'step', 'split', metric: value} lines to MODEL_DIR/metrics.jsonl and scalars to MODEL_DIR/<split>/.
+
+  Resumed runs append to the same file, so a step may appear twice after a restart; the later line wins.
+  """
+
+  def __init__(self, model_dir: str, enabled: bool = True):
+    self._model_dir = model_dir
+    self._enabled = enabled
+    self._summary_writers: dict[str, metric_writers.SummaryWriter] = {}
+
+  def _summary_writer(self, split: str) -> metric_writers.SummaryWriter:
+    if split not in self._summary_writers:
+      self._summary_writers[split] = metric_writers.SummaryWriter(os.path.join(self._model_dir, split))
+    return self._summary_writers[split]
+
+  def write_scalars(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    """Records scalar metrics of `split` ('train', 'validation', ...) at `step`."""
+    if not self._enabled:
+      return
+    values = {name: float(value) for name, value in metrics.items()}
+    line = {"step": int(step), "split": split}
+    # JSON has no NaN/Infinity; write them as strings so every line parses.
+    line.update({name: value if math.isfinite(value) else str(value) for name, value in values.items()})
+    with open(os.path.join(self._model_dir, METRICS_FILE), "a") as f:
+      f.write(json.dumps(line) + "\n")
+    writer = self._summary_writer(split)
+    writer.write_scalars(int(step), values)
+    writer.flush()
+
+  def write_text(self, step: int, split: str, name: str, text: str) -> None:
+    """Records a text summary (e.g. the gin config) for TensorBoard's text tab."""
+    if not self._enabled:
+      return
+    writer = self._summary_writer(split)
+    writer.write_texts(int(step), {name: text})
+    writer.flush()
+
+  def close(self) -> None:
+    for writer in self._summary_writers.values():
+      writer.close()
+    self._summary_writers.clear()
+
+
+class ProgressBar:
+  """A tqdm bar over training steps showing loss and tokens/s; tqdm adds the ETA."""
+
+  def __init__(self, total_steps: int, start_step: int, enabled: bool = True):
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                          disable=not enabled, file=sys.stderr, desc="train")
+
+  def update(self, steps: int, loss: float, tokens_per_second: float) -> None:
+    """Advances by `steps` and shows the latest loss (per target token) and throughput."""
+    self._bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tokens_per_second:,.0f}", refresh=False)
+    self._bar.update(steps)
+
+  def write(self, message: str) -> None:
+    """Prints a line above the bar (evaluation results, checkpoint notes)."""
+    if not self._bar.disable:
+      self._bar.write(message, file=sys.stderr)
+
+  def close(self) -> None:
+    self._bar.close()

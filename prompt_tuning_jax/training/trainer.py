@@ -1,0 +1,199 @@
+"""The training loop: place the state on the mesh, restore or initialize it, step, log, evaluate, save.
+
+A plain function of plain arguments; `training/runs.py` builds them from gin. Every process runs the same loop;
+only process 0 writes logs and prompt exports, while all processes take part in checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from prompt_tuning_jax.training import losses, partitioning, steps, train_state
+from prompt_tuning_jax.training.checkpointing import Checkpoints
+from prompt_tuning_jax.training.input_pipeline import HostBatch
+from prompt_tuning_jax.training.metrics_writer import MetricsWriter, ProgressBar
+from prompt_tuning_jax.training.train_state import TrainState
+
+PyTree = Any
+# evaluate(trainable, frozen) -> {metric name: value}, e.g. {'loss': ..., 'token_accuracy': ...}.
+EvaluateFn = Callable[[PyTree, PyTree], Mapping[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or the update became NaN/inf; the state was left at the last finite step."""
+
+
+def place_params(params: PyTree, param_axes: PyTree, trainable_regex: str, mesh: Mesh,
+                 rules: partitioning.LogicalRules) -> tuple[PyTree, PyTree, PyTree]:
+  """Splits `params` by `trainable_regex` and puts both parts on the mesh.
+
+  Args:
+    params: the complete (unboxed) parameter tree, host arrays every process holds in full.
+    param_axes: the same tree of logical `PartitionSpec`s (`nn.get_partition_spec` of the boxed init).
+    trainable_regex: PROMPT_REGEX; see `train_state.split_params`.
+    mesh, rules: where and how parameters are laid out.
+
+  Returns:
+    (trainable, frozen, trainable shardings): global arrays, and the shardings of the trainable ones.
+  """
+  trainable, frozen = train_state.split_params(params, trainable_regex)
+  trainable_axes, frozen_axes = train_state.split_params(param_axes, trainable_regex)
+  trainable_shardings = partitioning.logical_shardings(trainable_axes, mesh, rules)
+  frozen = partitioning.put_global(frozen, partitioning.logical_shardings(frozen_axes, mesh, rules))
+  return partitioning.put_global(trainable, trainable_shardings), frozen, trainable_shardings
+
+
+def state_shardings(optimizer: optax.GradientTransformation, trainable: PyTree, trainable_shardings: PyTree,
+                    mesh: Mesh) -> TrainState:
+  """Shardings of the whole train state: the step replicated, optimizer slots following their parameters."""
+  abstract_opt_state = jax.eval_shape(optimizer.init, trainable)
+  return TrainState(
+      step=partitioning.replicated(mesh), trainable=trainable_shardings,
+      opt_state=partitioning.optimizer_state_shardings(abstract_opt_state, trainable, trainable_shardings, mesh))
+
+
+def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
+
+
+def _summarize(pending: list[dict[str, np.ndarray]], seconds: float) -> dict[str, float]:
+  """Train metrics over the steps since the last report (per target token, per second)."""
+  total = {name: float(np.sum([m[name] for m in pending])) for name in pending[0]}
+  weight_sum = max(total["weight_sum"], 1.0)
+  return {
+      "loss": total["loss"] / weight_sum,
+      "z_loss": total["z_loss"] / weight_sum,
+      "token_accuracy": total["correct"] / weight_sum,
+      "grad_norm": total["grad_norm"] / len(pending),
+      "tokens_per_second": total["num_tokens"] / max(seconds, 1e-9),
+      "steps_per_second": len(pending) / max(seconds, 1e-9),
+  }
+
+
+def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_regex: str,
+          optimizer: optax.GradientTransformation, loss_config: losses.LossConfig, mesh: Mesh,
+          rules: partitioning.LogicalRules, train_batches: Callable[[int], Iterator[HostBatch]],
+          global_batch_size: int, num_train_steps: int, checkpoints: Checkpoints, save_period: int,
+          writer: MetricsWriter, input_position: Mapping[str, Any], evaluate: EvaluateFn | None = None,
+          eval_period: int = 0, log_period: int = 10, dropout_seed: int = 0,
+          show_progress: bool = True) -> tuple[TrainState, PyTree]:
+  """Trains the parameters `trainable_regex` selects, resuming from the latest checkpoint in `checkpoints`.
+
+  Args:
+    model: the `Transformer`.
+    params, param_axes: see `place_state`.
+    trainable_regex: PROMPT_REGEX.
+    optimizer: an optax transformation (see `optimizers`).
+    loss_config: z-loss, label smoothing, normalization.
+    mesh, rules: the device mesh and logical-axis rules.
+    train_batches: `start_step -> iterator` of this process's batches {feature: [host_batch, length]}.
+    global_batch_size: BATCH_SIZE over all processes.
+    num_train_steps: TRAIN_STEPS, the total number of steps (a resumed run does only the remaining ones).
+    checkpoints: MODEL_DIR's checkpoint manager.
+    save_period: SAVE_PERIOD; the final step and evaluated steps are saved too.
+    writer: metrics.jsonl and TensorBoard writer (disabled on processes other than 0).
+    input_position: facts about the input pipeline saved with every checkpoint and checked on resume
+      (e.g. the task and batch size); the step is added.
+    evaluate: `evaluate(trainable, frozen) -> metrics` on the validation split, or None.
+    eval_period: EVAL_PERIOD (0: evaluate only after the last step, if `evaluate` is given).
+    log_period: steps between train-metric reports (each report waits for the device).
+    dropout_seed: seed of the dropout keys (folded with the step).
+    show_progress: draw the progress bar on process 0.
+
+  Returns:
+    (final state, frozen params), both on the mesh.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf; no checkpoint is written after the last finite step.
+  """
+  if num_train_steps <= 0:
+    raise ValueError(f"TRAIN_STEPS must be positive, got {num_train_steps}")
+  if save_period <= 0:
+    raise ValueError(f"SAVE_PERIOD must be positive, got {save_period}")
+  chief = jax.process_index() == 0
+  with partitioning.mesh_context(mesh, rules):
+    trainable, frozen, trainable_shardings = place_params(params, param_axes, trainable_regex, mesh, rules)
+    del params  # the host copy; the mesh holds the parameters now
+    shardings = state_shardings(optimizer, trainable, trainable_shardings, mesh)
+    input_position = json.loads(json.dumps(dict(input_position)))  # as a checkpoint stores it
+    latest = checkpoints.latest_step()
+    if latest is None:
+      state = jax.jit(functools.partial(_init_state, optimizer), out_shardings=shardings)(trainable)
+    else:
+      abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    jax.eval_shape(functools.partial(_init_state, optimizer), trainable), shardings)
+      state, saved_position = checkpoints.restore(latest, abstract_state)
+      _check_resumable(saved_position, input_position, checkpoints.model_dir, latest)
+    del trainable
+    start_step = int(partitioning.fetch(state.step))
+    train_step = jax.jit(steps.make_train_step(model, optimizer, loss_config, dropout_seed),
+                         in_shardings=(shardings, None, partitioning.batch_sharding(mesh)),
+                         out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+    position = lambda step: {**input_position, "step": step}
+    progress = ProgressBar(num_train_steps, start_step, enabled=chief and show_progress)
+    pending: list[dict[str, Any]] = []
+    last_report = time.perf_counter()
+    last_good_step = latest
+
+    def report(step: int) -> None:
+      """Waits for the pending steps, stops on a non-finite one, and logs their metrics."""
+      nonlocal pending, last_report
+      if not pending:
+        return
+      fetched = [partitioning.fetch(m) for m in pending]
+      first_step = step - len(fetched) + 1
+      for offset, metrics in enumerate(fetched):
+        if not metrics.pop("finite"):
+          where = (f"{checkpoints.model_dir}/checkpoint_{last_good_step} is the last good checkpoint (kept)"
+                   if last_good_step is not None else "no checkpoint was written")
+          raise NonFiniteLossError(
+              f"loss became {float(metrics['loss'])} at step {first_step + offset}; training stopped and {where}; "
+              "lower LEARNING_RATE or check the inputs")
+      now = time.perf_counter()
+      summary = _summarize(fetched, now - last_report)
+      last_report, pending = now, []
+      writer.write_scalars(step, "train", summary)
+      progress.update(len(fetched), summary["loss"], summary["tokens_per_second"])
+
+    batches = train_batches(start_step)
+    try:
+      for step in range(start_step + 1, num_train_steps + 1):
+        host_batch = next(batches)
+        state, metrics = train_step(state, frozen, partitioning.global_batch(host_batch, mesh, global_batch_size))
+        pending.append(metrics)
+        is_last = step == num_train_steps
+        do_eval = evaluate is not None and (is_last or (eval_period > 0 and step % eval_period == 0))
+        do_save = is_last or do_eval or step % save_period == 0
+        if is_last or do_save or step % log_period == 0:
+          report(step)
+        eval_metrics = None
+        if do_eval:
+          eval_metrics = {f"validation/{name}": value for name, value in evaluate(state.trainable, frozen).items()}
+          writer.write_scalars(step, "validation", {k.removeprefix("validation/"): v for k, v in eval_metrics.items()})
+          progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+        if do_save:
+          checkpoints.save(state, position(step), eval_metrics)
+          last_good_step = step
+    finally:
+      progress.close()
+      checkpoints.wait_until_finished()
+  return state, frozen
+
+
+def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], model_dir: str, step: int) -> None:
+  """A step-indexed pipeline resumes exactly only with the same task, batch size and seed."""
+  for key, value in current.items():
+    if key in saved and saved[key] != value:
+      raise ValueError(f"{model_dir}/checkpoint_{step} was trained with {key}={saved[key]!r}, this run has "
+                       f"{value!r}; exact resumption needs the original value: restore it or use a new MODEL_DIR")
