@@ -1,0 +1,144 @@
+"""Vocabularies: T5's public SentencePiece model for real tasks, a packaged small one for the synthetic tasks.
+
+Tasks are registered when `prompt_tuning_jax.data.tasks` is imported, usually before gin has finished
+binding parameters, so TFDS-backed tasks hold a `DeferredVocabulary`: it asks the gin-configurable
+`t5_vocabulary()` for the real vocabulary each time it is used. Nothing is read (no gs:// access) until a
+dataset is built or text is decoded. Swap the vocabulary with a gin binding:
+
+  t5_vocabulary.sentencepiece_model_file = "/path/to/spm.model"
+  t5_vocabulary.extra_ids = 100
+"""
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+T5_EXTRA_IDS = 100
+SYNTHETIC_SPM_PATH = os.path.join(os.path.dirname(__file__), "assets", "synthetic_spm.model")
+
+
+def _check_exists(path: str, what: str) -> None:
+  # Remote paths (gs://...) are left to the reader: probing them needs the network and credentials.
+  if "://" not in path and not os.path.exists(path):
+    raise FileNotFoundError(f"{what} {path} does not exist; pass an existing SentencePiece .model file")
+
+
+@gin.configurable
+def t5_vocabulary(sentencepiece_model_file: str = T5_SPM_PATH,
+                  extra_ids: int = T5_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """The vocabulary of the TFDS-backed tasks; T5's public 32k model with 100 sentinels by default."""
+  _check_exists(sentencepiece_model_file, "t5_vocabulary.sentencepiece_model_file")
+  if extra_ids < 0:
+    raise ValueError(f"t5_vocabulary.extra_ids is {extra_ids}; expected a count >= 0")
+  # seqio caches the loaded model per (path, extra_ids), so building this object is cheap.
+  return seqio.SentencePieceVocabulary(sentencepiece_model_file, extra_ids=extra_ids)
+
+
+def synthetic_vocabulary() -> seqio.SentencePieceVocabulary:
+  """The small packaged vocabulary of the synthetic tasks (pad 0, eos 1, unk 2, no bos, no sentinels)."""
+  _check_exists(SYNTHETIC_SPM_PATH, "packaged synthetic vocabulary")
+  return seqio.SentencePieceVocabulary(SYNTHETIC_SPM_PATH, extra_ids=0)
+
+
+def synthetic_vocab_size() -> int:
+  """Number of ids in `synthetic_vocabulary()` (pad, eos, unk included)."""
+  return synthetic_vocabulary().vocab_size
+
+
+def padded_vocab_size(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
+  """`vocabulary.vocab_size` rounded up to a multiple, as T5 pads 32100 ids to a 32128-row embedding."""
+  return multiple * math.ceil(vocabulary.vocab_size / multiple)
+
+
+class DeferredVocabulary(seqio.Vocabulary):
+  """A seqio vocabulary that resolves the real one from `factory()` at every use, never at construction."""
+
+  def __init__(self, factory: Callable[[], seqio.Vocabulary]):
+    self._factory = factory
+    super().__init__(extra_ids=0)
+
+  # Called inside tf.data map functions; AutoGraph has nothing to convert in a path lookup.
+  @tf.autograph.experimental.do_not_convert
+  def resolve(self) -> seqio.Vocabulary:
+    return self._factory()
+
+  @property
+  def bos_id(self) -> int | None:
+    return self.resolve().bos_id
+
+  @property
+  def eos_id(self) -> int | None:
+    return self.resolve().eos_id
+
+  @property
+  def unk_id(self) -> int | None:
+    return self.resolve().unk_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.resolve().pad_id
+
+  @property
+  def extra_ids(self) -> int:
+    return self.resolve().extra_ids
+
+  @property
+  def vocab_size(self) -> int:
+    return self.resolve().vocab_size
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.resolve()._base_vocab_size
+
+  def encode(self, s: str) -> Sequence[int]:
+    return self.resolve().encode(s)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.resolve().decode(ids)
+
+  def encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return self.resolve().encode_tf(s)
+
+  def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    return self.resolve().decode_tf(ids)
+
+  # The abstract hooks seqio's base class requires; the public methods above never reach them.
+  def _encode(self, s: str) -> Sequence[int]:
+    return self.encode(s)
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return self.decode(ids)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return self.encode_tf(s)
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    return self.decode_tf(ids)
+
+  def __eq__(self, other: object) -> bool:
+    if isinstance(other, DeferredVocabulary):
+      return self._factory is other._factory
+    return NotImplemented
+
+  def __hash__(self) -> int:
+    return hash(self._factory)
+
+  def __str__(self) -> str:
+    return f"DeferredVocabulary({getattr(self._factory, '__name__', self._factory)})"
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """T5's text-to-text features: both sides end in EOS; `inputs` may be absent (e.g. for scoring)."""
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+  }
+
+
+# The vocabulary every TFDS-backed task is registered with.
+TASK_VOCABULARY = DeferredVocabulary(t5_vocabulary)
