@@ -1,0 +1,51 @@
+"""BillSum tasks under mocked TFDS: prefix or none, summary targets, ROUGE metrics."""
+
+import pytest
+import tensorflow_datasets as tfds
+from _data_helpers import mock_tfds, using_test_vocabulary
+
+from prompt_tuning_jax.data import billsum, pipeline, tasks
+
+LENGTHS = {"inputs": 48, "targets": 24}
+
+
+@pytest.fixture(scope="module")
+def mocked_billsum():
+  with using_test_vocabulary(), mock_tfds({billsum.TFDS_NAME: ("train", "test", "ca_test")}, num_examples=4):
+    yield
+
+
+def _examples(name: str, split: str = "validation") -> list[dict]:
+  return list(tfds.as_numpy(pipeline.get_task_dataset(name, LENGTHS, split)))
+
+
+def test_billsum_inputs_are_prefixed_bill_text(mocked_billsum):
+  for ex in _examples(billsum.TASK_NAME):
+    assert ex["inputs_pretokenized"].decode().startswith("summarize: ")
+    assert ex["inputs"][-1] == 1 and len(ex["inputs"]) <= LENGTHS["inputs"]
+
+
+def test_billsum_no_prefix_inputs_are_the_bare_bill_text(mocked_billsum):
+  prefixed = _examples(billsum.TASK_NAME)
+  bare = _examples(billsum.NO_PREFIX_TASK_NAME)
+  assert [ex["inputs_pretokenized"].decode() for ex in bare] == [
+      ex["inputs_pretokenized"].decode().removeprefix("summarize: ") for ex in prefixed]
+  assert [ex["targets_pretokenized"] for ex in bare] == [ex["targets_pretokenized"] for ex in prefixed]
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test", "ca_test"])
+def test_billsum_has_train_validation_and_both_test_splits(mocked_billsum, split):
+  assert _examples(billsum.TASK_NAME, split)
+
+
+def test_billsum_scores_its_own_summaries_as_perfect_rouge(mocked_billsum):
+  examples = _examples(billsum.TASK_NAME)
+  scores = pipeline.compute_metrics(billsum.TASK_NAME, examples,
+                                    [ex["targets_pretokenized"].decode() for ex in examples])
+  assert set(scores) == {"rouge1", "rouge2", "rougeLsum"}
+  # (Mock summaries can be one word long, which has no bigram for ROUGE-2 to match.)
+  assert scores["rouge1"] == pytest.approx(100.0) and scores["rougeLsum"] == pytest.approx(100.0)
+
+
+def test_billsum_has_no_class_labels():
+  assert tasks.get_class_labels(billsum.TASK_NAME) is None
