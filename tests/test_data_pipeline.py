@@ -147,8 +147,10 @@ def test_missing_vocabulary_file_is_named_when_first_used(tmp_path):
   with gin.unlock_config():
     gin.bind_parameter("t5_vocabulary.sentencepiece_model_file", missing)
   try:
-    with pytest.raises(FileNotFoundError, match=f"t5_vocabulary.sentencepiece_model_file {missing} does not"):
+    with pytest.raises(FileNotFoundError, match=f"SentencePiece model {missing} does not exist; set t5_vocabulary"
+                       ) as error:
       _ = vocab.TASK_VOCABULARY.vocab_size
+    assert "\n" not in str(error.value)  # raised outside gin's call wrapper, which would append a line
   finally:
     gin.clear_config()
 

@@ -130,6 +130,8 @@ class SyntheticDataSource(seqio.DataSource):
     """{"inputs": "k d a f", "targets": ...} examples; `seed` orders the shuffle, SyntheticConfig.seed the data."""
     del sequence_length, use_cached, num_epochs  # the Task handles these
     config = SyntheticConfig()
+    if config.size(split) < 1:
+      raise ValueError(f"SyntheticConfig.{split}_size is {config.size(split)}; expected at least 1 example")
     examples = generate_examples(self._task, split, config.size(split), config.seed, config.min_length,
                                  config.max_length)
     ds = tf.data.Dataset.from_tensor_slices({k: list(v) for k, v in examples.items()})

@@ -22,26 +22,26 @@ T5_EXTRA_IDS = 100
 SYNTHETIC_SPM_PATH = os.path.join(os.path.dirname(__file__), "assets", "synthetic_spm.model")
 
 
-def _check_exists(path: str, what: str) -> None:
-  # Remote paths (gs://...) are left to the reader: probing them needs the network and credentials.
+def check_sentencepiece_file(path: str) -> None:
+  """Raises if a local SentencePiece model file is missing (gs:// paths are left to the reader)."""
+  # Probing a remote path needs the network and credentials; seqio's reader reports those failures.
   if "://" not in path and not os.path.exists(path):
-    raise FileNotFoundError(f"{what} {path} does not exist; pass an existing SentencePiece .model file")
+    raise FileNotFoundError(f"SentencePiece model {path} does not exist; set t5_vocabulary."
+                            "sentencepiece_model_file (gin) to an existing .model file")
 
 
 @gin.configurable
 def t5_vocabulary(sentencepiece_model_file: str = T5_SPM_PATH,
                   extra_ids: int = T5_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
-  """The vocabulary of the TFDS-backed tasks; T5's public 32k model with 100 sentinels by default."""
-  _check_exists(sentencepiece_model_file, "t5_vocabulary.sentencepiece_model_file")
-  if extra_ids < 0:
-    raise ValueError(f"t5_vocabulary.extra_ids is {extra_ids}; expected a count >= 0")
-  # seqio caches the loaded model per (path, extra_ids), so building this object is cheap.
+  """The vocabulary of the TFDS-backed tasks; T5's public 32k model with 100 sentinels by default.
+
+  Reads nothing: seqio loads (and caches) the model on first use.
+  """
   return seqio.SentencePieceVocabulary(sentencepiece_model_file, extra_ids=extra_ids)
 
 
 def synthetic_vocabulary() -> seqio.SentencePieceVocabulary:
   """The small packaged vocabulary of the synthetic tasks (pad 0, eos 1, unk 2, no bos, no sentinels)."""
-  _check_exists(SYNTHETIC_SPM_PATH, "packaged synthetic vocabulary")
   return seqio.SentencePieceVocabulary(SYNTHETIC_SPM_PATH, extra_ids=0)
 
 
@@ -65,7 +65,13 @@ class DeferredVocabulary(seqio.Vocabulary):
   # Called inside tf.data map functions; AutoGraph has nothing to convert in a path lookup.
   @tf.autograph.experimental.do_not_convert
   def resolve(self) -> seqio.Vocabulary:
-    return self._factory()
+    """The vocabulary `factory()` gives now (checked here, outside gin, so errors stay one line)."""
+    vocabulary = self._factory()
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+      check_sentencepiece_file(vocabulary.sentencepiece_model_file)
+    if vocabulary.extra_ids < 0:
+      raise ValueError(f"{vocabulary} has {vocabulary.extra_ids} extra ids; expected a count >= 0")
+    return vocabulary
 
   @property
   def bos_id(self) -> int | None:
