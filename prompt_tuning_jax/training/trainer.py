@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from prompt_tuning_jax.training import losses, partitioning, steps, train_state
+from prompt_tuning_jax.training import losses, optimizers, partitioning, steps, train_state
 from prompt_tuning_jax.training.checkpointing import Checkpoints
 from prompt_tuning_jax.training.input_pipeline import HostBatch
 from prompt_tuning_jax.training.metrics_writer import MetricsWriter, ProgressBar
@@ -94,7 +94,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
     model: the `Transformer`.
     params, param_axes: see `place_state`.
     trainable_regex: PROMPT_REGEX.
-    optimizer: an optax transformation (see `optimizers`).
+    optimizer: an optax transformation (see `optimizers`), wrapped in `optimizers.trainable_only`.
     loss_config: z-loss, label smoothing, normalization.
     mesh, rules: the device mesh and logical-axis rules.
     train_batches: `start_step -> iterator` of this process's batches {feature: [host_batch, length]}.
@@ -122,6 +122,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
   if save_period <= 0:
     raise ValueError(f"SAVE_PERIOD must be positive, got {save_period}")
   chief = jax.process_index() == 0
+  optimizer = optimizers.trainable_only(optimizer, trainable_regex)
   with partitioning.mesh_context(mesh, rules):
     trainable, frozen, trainable_shardings = place_params(params, param_axes, trainable_regex, mesh, rules)
     del params  # the host copy; the mesh holds the parameters now

@@ -1,0 +1,341 @@
+"""The runs the CLIs start, built from gin: prompt tuning / fine-tuning / pretraining (`train`) and `evaluate`.
+
+These are the gin edge: `gin_configs/runs/*.gin` bind their arguments (with dynamic registration, as
+`runs.train.batch_size = %BATCH_SIZE`), and they turn them into the plain arguments of `trainer.train` and
+`evaluation.make_evaluate`. Bad input is rejected here, before anything is written to MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+import seqio
+from flax import traverse_util
+
+from prompt_tuning_jax import checkpoints as checkpoint_io
+from prompt_tuning_jax import prompts
+from prompt_tuning_jax.data import pipeline, tasks
+from prompt_tuning_jax.training import (
+    evaluation,
+    input_pipeline,
+    losses,
+    partitioning,
+    train_state,
+    trainer,
+)
+from prompt_tuning_jax.training.checkpointing import Checkpoints
+from prompt_tuning_jax.training.metrics_writer import MetricsWriter
+
+PyTree = Any
+CONFIG_FILE = "config.gin"
+EVAL_CONFIG_FILE = "eval_config.gin"  # not config.gin: EVAL_OUTPUT_DIR may be the training run's MODEL_DIR
+
+
+def import_task_module(mixture_or_task_module: str | None) -> None:
+  """Imports MIXTURE_OR_TASK_MODULE, which registers the tasks by name."""
+  if not mixture_or_task_module:
+    return
+  try:
+    importlib.import_module(mixture_or_task_module)
+  except ModuleNotFoundError as e:
+    raise ValueError(f"MIXTURE_OR_TASK_MODULE {mixture_or_task_module!r} cannot be imported ({e}); set it to the "
+                     "module that registers your tasks, e.g. 'prompt_tuning_jax.data.tasks'") from None
+
+
+def task_vocabulary(mixture_or_task_name: str, mixture_or_task_module: str | None = None) -> seqio.Vocabulary:
+  """The targets vocabulary of a registered task (gin: `VOCABULARY = @runs.task_vocabulary()`)."""
+  import_task_module(mixture_or_task_module)
+  return tasks.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+
+
+def task_class_labels(mixture_or_task_name: str, mixture_or_task_module: str | None = None) -> list[str]:
+  """The class labels of a classification task (gin: `CLASS_LABELS = @runs.task_class_labels()`)."""
+  import_task_module(mixture_or_task_module)
+  labels = tasks.get_class_labels(mixture_or_task_name)
+  if not labels:
+    raise ValueError(f"task {mixture_or_task_name} has no class labels (it generates free text); set "
+                     "CLASS_LABELS explicitly or choose another prompt initializer")
+  return labels
+
+
+def _check_regex(regex: str | None, what: str) -> None:
+  if regex is None:
+    return
+  try:
+    re.compile(regex)
+  except re.error as e:
+    raise ValueError(f"{what} {regex!r} is not a valid regular expression ({e}); fix it") from None
+
+
+def check_writable_dir(path: str, what: str = "MODEL_DIR") -> str:
+  """Creates `path` if needed and proves it writable; returns its absolute form."""
+  if not path:
+    raise ValueError(f"{what} is empty; pass --gin.{what}=\"'/path/to/dir'\"")
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{what} {path} is not writable ({e.strerror}); pass a directory you can write to") from None
+  return path
+
+
+def _dummy_inputs(task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, jax.Array]:
+  return (jnp.ones((1, task_feature_lengths["inputs"]), jnp.int32),
+          jnp.ones((1, task_feature_lengths["targets"]), jnp.int32))
+
+
+def abstract_params(model: nn.Module, task_feature_lengths: Mapping[str, int]) -> tuple[PyTree, PyTree]:
+  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the model's parameters, without allocating them."""
+  inputs, targets = _dummy_inputs(task_feature_lengths)
+  init = functools.partial(model.init, enable_dropout=False)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0), inputs, targets, targets)["params"]
+  return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def initial_params(model: nn.Module, task_feature_lengths: Mapping[str, int], initial_checkpoint_path: str | None,
+                   initialize_regex: str | None, seed: int) -> PyTree:
+  """The complete parameter tree before training: INITIAL_CHECKPOINT_PATH's arrays plus freshly initialized ones.
+
+  Args:
+    model: the `Transformer`.
+    task_feature_lengths: input/target lengths for the tracing calls.
+    initial_checkpoint_path: a T5X (legacy or orbax) or Hugging Face checkpoint, or None for a random model.
+    initialize_regex: parameters whose path fully matches it come from their initializers, not the checkpoint
+      (the prompt); the initializers see the restored token embedding.
+    seed: seed of the initializers.
+  """
+  rng = jax.random.PRNGKey(seed)
+  inputs, targets = _dummy_inputs(task_feature_lengths)
+  if initial_checkpoint_path is None:
+    variables = jax.jit(functools.partial(model.init, enable_dropout=False))(rng, inputs, targets, targets)
+    return nn.meta.unbox(variables["params"])
+  expected, _ = abstract_params(model, task_feature_lengths)
+  loaded, inferred = checkpoint_io.load_params(initial_checkpoint_path)
+  checkpoint_io.check_config(model.config, inferred, initial_checkpoint_path)
+  frozen = checkpoint_io.merge_frozen(expected, loaded, initial_checkpoint_path, skip_regex=initialize_regex)
+  return prompts.init_missing_params(model, frozen, rng, inputs.shape[1], targets.shape[1])
+
+
+def _check_lengths(model: nn.Module, expected_params: PyTree, task_feature_lengths: Mapping[str, int],
+                   vocabulary: seqio.Vocabulary, max_encoder_length: int | None, task: str) -> None:
+  """The task must fit the model: vocabulary ids below vocab_size, prompt + inputs within the allowed length."""
+  if vocabulary.vocab_size > model.config.vocab_size:
+    raise ValueError(f"task {task}'s vocabulary has {vocabulary.vocab_size} ids but the model's vocab_size is "
+                     f"{model.config.vocab_size}; use a model (T5Config.vocab_size) at least that large")
+  flat = traverse_util.flatten_dict(expected_params, sep="/")
+  prompt_length = sum(leaf.shape[0] for path, leaf in flat.items() if path.endswith("prompt/prompt/prompt"))
+  encoder_length = prompt_length + task_feature_lengths["inputs"]
+  if max_encoder_length is not None and encoder_length > max_encoder_length:
+    raise ValueError(f"PROMPT_LENGTH {prompt_length} + TASK_FEATURE_LENGTHS['inputs'] "
+                     f"{task_feature_lengths['inputs']} = {encoder_length} encoder positions, more than "
+                     f"MAX_ENCODER_LENGTH {max_encoder_length}; shorten the inputs or the prompt")
+
+
+def _format_position(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+                     seed: int) -> dict[str, Any]:
+  return {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
+          "batch_size": batch_size, "seed": seed}
+
+
+def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
+          optimizer: optax.GradientTransformation, trainable_regex: str,
+          mixture_or_task_module: str | None = None, initial_checkpoint_path: str | None = None,
+          initialize_regex: str | None = None, loss_config: losses.LossConfig = losses.LossConfig(),
+          train_split: str = "train", seed: int = 0, save_period: int = 1000, keep_checkpoints: int | None = None,
+          eval_period: int = 1000, eval_split: str | None = "validation", eval_num_examples: int | None = None,
+          decode_metrics: bool = True, best_metric: str | None = "validation/loss", best_mode: str = "min",
+          export_peft: bool = False, num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
+          logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
+          log_period: int = 10, async_checkpointing: bool = True) -> trainer.TrainState:
+  """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
+
+  Args:
+    model: MODEL, the `Transformer` (with a prompt factory for prompt tuning).
+    model_dir: MODEL_DIR: checkpoints, numpy_checkpoints/, metrics.jsonl, TensorBoard events, config.gin.
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME.
+    task_feature_lengths: TASK_FEATURE_LENGTHS, e.g. {'inputs': 512, 'targets': 8}.
+    train_steps: TRAIN_STEPS, optimizer steps in total (counted from this run's step 0, not the pretraining's).
+    batch_size: BATCH_SIZE, examples per step over all processes.
+    optimizer: e.g. `optimizers.adafactor(learning_rate=%LEARNING_RATE)`; only trainable parameters see it.
+    trainable_regex: PROMPT_REGEX; '.*' trains everything (fine-tuning, pretraining).
+    mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported to register the task.
+    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH: the pretrained model (T5X legacy/orbax or Hugging Face),
+      or None for a randomly initialized one (pretraining, tests).
+    initialize_regex: parameters taken from their initializers rather than INITIAL_CHECKPOINT_PATH (the prompt).
+    loss_config: z-loss, label smoothing, loss normalization.
+    train_split: the split to train on.
+    seed: seed of the initializers, the data order and dropout.
+    save_period: SAVE_PERIOD; the last step and evaluated steps are saved too.
+    keep_checkpoints: how many recent checkpoints to keep (None: all); the best by `best_metric` is kept too.
+    eval_period: EVAL_PERIOD (0: evaluate only at the end).
+    eval_split: the held-out split, or None for no evaluation.
+    eval_num_examples: evaluate on the split's first examples only (None: all).
+    decode_metrics: also decode the eval split and compute the task's metrics.
+    best_metric: the checkpoint metric kept at its best, e.g. 'validation/loss' or
+      'validation/<task>/accuracy'.
+    best_mode: 'min' or 'max'.
+    export_peft: also export every saved prompt as a PEFT adapter under MODEL_DIR/peft_adapters/.
+    num_partitions: model-parallel size (the `model` mesh axis); the rest of the devices split the batch.
+    mesh_shape: explicit (data, model) mesh shape instead of `num_partitions`.
+    logical_axis_rules: logical axis -> mesh axis; default `partitioning.standard_logical_axis_rules()`.
+    max_encoder_length: MAX_ENCODER_LENGTH, the most encoder positions (prompt + inputs) allowed, or None.
+    log_period: steps between train-metric reports.
+    async_checkpointing: write checkpoints in the background.
+
+  Returns:
+    The final train state.
+  """
+  import_task_module(mixture_or_task_module)
+  provider = tasks.get_mixture_or_task(mixture_or_task_name)
+  task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
+  if batch_size <= 0:
+    raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
+  model_dir = check_writable_dir(model_dir)
+  expected, param_axes = abstract_params(model, task_feature_lengths)
+  _check_regex(trainable_regex, "PROMPT_REGEX (trainable_regex)")
+  train_state.split_params(expected, trainable_regex)  # fails now, not after loading, if nothing would train
+  _check_lengths(model, expected, task_feature_lengths, provider.output_features["targets"].vocabulary,
+                 max_encoder_length, mixture_or_task_name)
+  mesh = partitioning.create_mesh(num_partitions, mesh_shape)
+  shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
+  rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+  _check_regex(initialize_regex, "initialize_regex")
+  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
+
+  train_data = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split, shuffle=True,
+                                    seed=seed, shard_id=shard_id, num_shards=num_shards, num_epochs=None)
+  description = f"split '{train_split}' of {mixture_or_task_name}"
+  train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
+                                                                  description)
+  evaluate = None
+  if eval_split is not None:
+    evaluate = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh, global_batch_size=batch_size,
+                                        mixture_or_task_name=mixture_or_task_name,
+                                        task_feature_lengths=task_feature_lengths, split=eval_split,
+                                        num_examples=eval_num_examples, decode_metrics=decode_metrics)
+  peft = None
+  if export_peft:
+    peft = {"num_layers": model.config.num_encoder_layers, "num_attention_heads": model.config.num_heads,
+            "base_model_name_or_path": initial_checkpoint_path}
+  checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, best_metric=best_metric if evaluate else None,
+                            best_mode=best_mode, export_peft=peft, async_save=async_checkpointing)
+  chief = jax.process_index() == 0
+  writer = MetricsWriter(model_dir, enabled=chief)
+  config_text = gin.operative_config_str()
+  if chief:
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+      f.write(config_text)
+    writer.write_text(0, "train", "config", config_text)
+  try:
+    state, _ = trainer.train(
+        model=model, params=params, param_axes=param_axes, trainable_regex=trainable_regex, optimizer=optimizer,
+        loss_config=loss_config, mesh=mesh, rules=rules, train_batches=train_batches, global_batch_size=batch_size,
+        num_train_steps=train_steps, checkpoints=checkpoints, save_period=save_period, writer=writer,
+        input_position=_format_position(mixture_or_task_name, task_feature_lengths, batch_size, seed),
+        evaluate=evaluate, eval_period=eval_period, log_period=log_period, dropout_seed=seed)
+  finally:
+    writer.close()
+    checkpoints.close()
+  return state
+
+
+def resolve_checkpoint(checkpoint_path: str) -> tuple[str, int]:
+  """A `checkpoint_N` directory, or a MODEL_DIR whose latest `checkpoint_N` is meant -> (directory, N)."""
+  path = os.path.abspath(checkpoint_path)
+  name = os.path.basename(path.rstrip("/"))
+  if (match := re.fullmatch(r"checkpoint_(\d+)", name)) and os.path.isdir(path):
+    return path, int(match.group(1))
+  steps = sorted(int(m.group(1)) for entry in (os.listdir(path) if os.path.isdir(path) else [])
+                 if (m := re.fullmatch(r"checkpoint_(\d+)", entry)))
+  if not steps:
+    raise FileNotFoundError(f"CHECKPOINT_PATH {checkpoint_path} is neither a checkpoint_N directory nor a "
+                            "MODEL_DIR holding one; pass the directory a training run saved")
+  return os.path.join(path, f"checkpoint_{steps[-1]}"), steps[-1]
+
+
+def overlay_trained(params: PyTree, trained: PyTree, source: str) -> PyTree:
+  """Replaces parameters of `params` by the trained ones (a prompt, or a whole fine-tuned model)."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  for path, value in traverse_util.flatten_dict(trained, sep="/").items():
+    if path not in flat:
+      raise ValueError(f"{source} holds {path}, which the model does not have; evaluate it with the model (and "
+                       "prompt gin files) it was trained with")
+    if tuple(value.shape) != tuple(flat[path].shape):
+      raise ValueError(f"{source} holds {path} of shape {tuple(value.shape)}, the model expects "
+                       f"{tuple(flat[path].shape)}; set the PROMPT_LENGTH and model size it was trained with")
+    flat[path] = value
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
+             task_feature_lengths: Mapping[str, int], batch_size: int, checkpoint_path: str | None = None,
+             mixture_or_task_module: str | None = None, initial_checkpoint_path: str | None = None,
+             initialize_regex: str | None = None, loss_config: losses.LossConfig = losses.LossConfig(),
+             split: str = "validation", num_examples: int | None = None, decode_metrics: bool = True,
+             num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
+             logical_axis_rules: partitioning.LogicalRules | None = None, seed: int = 0) -> dict[str, float]:
+  """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/metrics.jsonl, TensorBoard events
+  and eval_config.gin.
+
+  Args:
+    model: MODEL.
+    output_dir: EVAL_OUTPUT_DIR.
+    mixture_or_task_name, task_feature_lengths, mixture_or_task_module: the task, as in `train`.
+    batch_size: examples per eval batch over all processes.
+    checkpoint_path: CHECKPOINT_PATH: a training run's `checkpoint_N` (or its MODEL_DIR, for the latest); its
+      trained parameters replace the initial ones. None evaluates the initial parameters (e.g. a prompt from
+      PROMPT_FILE via gin_configs/prompts/from_file.gin).
+    initial_checkpoint_path, initialize_regex: the frozen model, as in `train`.
+    loss_config: as in training.
+    split: the split to evaluate.
+    num_examples: only the split's first examples (None: all).
+    decode_metrics: also decode and compute the task's metrics.
+    num_partitions, mesh_shape, logical_axis_rules: the mesh, as in `train`.
+    seed: seed of the initializers of parameters not read from a checkpoint.
+
+  Returns:
+    {metric: value}; see `evaluation.make_evaluate`.
+  """
+  import_task_module(mixture_or_task_module)
+  tasks.get_mixture_or_task(mixture_or_task_name)
+  task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
+  output_dir = check_writable_dir(output_dir, "EVAL_OUTPUT_DIR")
+  _, param_axes = abstract_params(model, task_feature_lengths)
+  _check_regex(initialize_regex, "initialize_regex")
+  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
+  step = 0
+  if checkpoint_path is not None:
+    directory, step = resolve_checkpoint(checkpoint_path)
+    params = overlay_trained(params, checkpoint_io.load_t5x_orbax(directory), directory)
+  mesh = partitioning.create_mesh(num_partitions, mesh_shape)
+  rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+  evaluate_fn = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh,
+                                         global_batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
+                                         task_feature_lengths=task_feature_lengths, split=split,
+                                         num_examples=num_examples, decode_metrics=decode_metrics)
+  with partitioning.mesh_context(mesh, rules):
+    params = partitioning.put_global(params, partitioning.logical_shardings(param_axes, mesh, rules))
+    metrics = evaluate_fn({}, params)
+  writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0)
+  try:
+    writer.write_scalars(step, split, metrics)
+    if jax.process_index() == 0:
+      with open(os.path.join(output_dir, EVAL_CONFIG_FILE), "w") as f:
+        f.write(gin.operative_config_str())
+  finally:
+    writer.close()
+  return metrics
