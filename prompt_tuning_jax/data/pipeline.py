@@ -154,7 +154,8 @@ def _examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int]
   _check_split(provider, split)
   kwargs: dict[str, Any] = dict(
       sequence_length=None, split=split, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
-      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards), trim_output_features=False)
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None,
+      trim_output_features=False)
   if isinstance(provider, seqio.Mixture):
     kwargs["copy_pretokenized"] = copy_pretokenized
   # sequence_length=None: seqio appends EOS without trimming, so the lengths can be counted here.

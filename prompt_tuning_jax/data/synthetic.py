@@ -8,8 +8,8 @@ does not say which task is meant; only a prompt can:
   synthetic_sort       "sort: k d a f"      -> "a d f k"
   synthetic_last       "last: k d a f"      -> "f"
   synthetic_count      "count: k d a f"     -> "4"
-  synthetic_majority   "majority: k d a f"  -> "blue" (more letters from the blue half of the alphabet;
-                                                "red" for the red half, "tie" when even)
+  synthetic_majority   "majority: k d a f"  -> "red" (most letters are from the red half a-f; "blue" when
+                                               most are from g-l, "tie" when as many are from each)
 
 `taskless_synthetic_<name>` reads "k d a f" alone; `synthetic_pretrain` mixes the prefixed tasks equally.
 Examples are a pure function of (task, split, size, seed). The splits are disjoint by construction: a hash
