@@ -3,12 +3,12 @@
 import json
 import os
 
+import _training_helpers as helpers
 import jax
 import numpy as np
 import pytest
 from flax import traverse_util
 
-import _training_helpers as helpers
 from prompt_tuning_jax.training import optimizers, trainer
 from prompt_tuning_jax.training.checkpointing import Checkpoints
 
