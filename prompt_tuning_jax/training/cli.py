@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import gin
 
@@ -23,6 +24,7 @@ from prompt_tuning_jax.data import pipeline
 from prompt_tuning_jax.training import partitioning
 from prompt_tuning_jax.training.trainer import NonFiniteLossError
 
+T = TypeVar("T")
 # The repository's gin_configs/ (a source checkout), so `--gin_file=runs/prompt_finetune.gin` resolves.
 DEFAULT_GIN_SEARCH_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "gin_configs")
 
@@ -105,7 +107,7 @@ def errors_as_one_line(program: str) -> Iterator[None]:
     sys.exit(1)
 
 
-def run(argv: Sequence[str], description: str, program: str, configurable: Callable[..., object]) -> None:
+def run(argv: Sequence[str], description: str, program: str, configurable: Callable[..., T]) -> T:
   """Parses flags and gin, joins a multi-process job if asked, and calls the gin-configured `configurable`."""
   args = parse_flags(argv, description)
   with errors_as_one_line(program):
@@ -113,4 +115,4 @@ def run(argv: Sequence[str], description: str, program: str, configurable: Calla
     if args.tfds_data_dir:
       pipeline.set_tfds_data_dir(args.tfds_data_dir)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-    gin.get_configurable(configurable)()
+    return gin.get_configurable(configurable)()

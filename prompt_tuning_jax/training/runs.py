@@ -122,6 +122,9 @@ def initial_params(model: nn.Module, task_feature_lengths: Mapping[str, int], in
   if initial_checkpoint_path is None:
     variables = jax.jit(functools.partial(model.init, enable_dropout=False))(rng, inputs, targets, targets)
     return nn.meta.unbox(variables["params"])
+  if "://" not in initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
+    raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist; pass a T5X "
+                            "checkpoint_N or Hugging Face T5 1.1 directory (or None for a randomly initialized model)")
   expected, _ = abstract_params(model, task_feature_lengths)
   loaded, inferred = checkpoint_io.load_params(initial_checkpoint_path)
   checkpoint_io.check_config(model.config, inferred, initial_checkpoint_path)
@@ -268,7 +271,7 @@ def resolve_checkpoint(checkpoint_path: str) -> tuple[str, int]:
 
 
 def overlay_trained(params: PyTree, trained: PyTree, source: str) -> PyTree:
-  """Replaces parameters of `params` by the trained ones (a prompt, or a whole fine-tuned model)."""
+  """Replaces parameters of `params` (arrays or ShapeDtypeStructs) by the trained ones (a prompt, a whole model)."""
   flat = traverse_util.flatten_dict(params, sep="/")
   for path, value in traverse_util.flatten_dict(trained, sep="/").items():
     if path not in flat:
@@ -314,13 +317,15 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
   tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
   output_dir = check_writable_dir(output_dir, "EVAL_OUTPUT_DIR")
-  _, param_axes = abstract_params(model, task_feature_lengths)
+  expected, param_axes = abstract_params(model, task_feature_lengths)
   _check_regex(initialize_regex, "initialize_regex")
-  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
-  step = 0
+  step, trained = 0, {}
   if checkpoint_path is not None:
     directory, step = resolve_checkpoint(checkpoint_path)
-    params = overlay_trained(params, checkpoint_io.load_t5x_orbax(directory), directory)
+    trained = checkpoint_io.load_t5x_orbax(directory)
+    overlay_trained(expected, trained, directory)  # checks shapes before any initialization work
+  params = overlay_trained(initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex,
+                                          seed), trained, checkpoint_path)
   mesh = partitioning.create_mesh(num_partitions, mesh_shape)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
   evaluate_fn = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh,

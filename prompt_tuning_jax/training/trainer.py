@@ -159,7 +159,8 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
           where = (f"{checkpoints.model_dir}/checkpoint_{last_good_step} is the last good checkpoint (kept)"
                    if last_good_step is not None else "no checkpoint was written")
           raise NonFiniteLossError(
-              f"loss became {float(metrics['loss'])} at step {first_step + offset}; training stopped and {where}; "
+              f"training diverged at step {first_step + offset} (loss {float(metrics['loss']):.4g}, gradient norm "
+              f"{float(metrics['grad_norm']):.4g}; the loss, gradient or update is NaN/inf) and stopped; {where}; "
               "lower LEARNING_RATE or check the inputs")
       now = time.perf_counter()
       summary = _summarize(fetched, now - last_report)
