@@ -142,6 +142,7 @@ class Checkpoints:
     self._manager.close()
 
 
+
 def read_step_prompt(model_dir: str, step: int) -> np.ndarray:
   """The prompt exported at `step` ([prompt_length, embed]), from MODEL_DIR/numpy_checkpoints."""
   path = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}", prompt_files.NUMPY_PROMPT_NAME)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -63,8 +64,25 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
   if not gin_files:
     raise ValueError("no --gin_file given; pass a model, a prompt and a run config, e.g. "
                      "--gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_finetune.gin")
-  gin.parse_config_files_and_bindings([_find_gin_file(f, paths) for f in gin_files], list(gin_bindings),
-                                      finalize_config=True)
+  with _quiet_gin_include_search():
+    gin.parse_config_files_and_bindings([_find_gin_file(f, paths) for f in gin_files], list(gin_bindings),
+                                        finalize_config=True)
+
+
+class _DropPathNotFound(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Path not found:")
+
+
+@contextlib.contextmanager
+def _quiet_gin_include_search() -> Iterator[None]:
+  """gin logs an ERROR for every search path that lacks an `include`d file before it finds it; those are noise."""
+  quiet = _DropPathNotFound()
+  logging.getLogger().addFilter(quiet)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(quiet)
 
 
 def _find_gin_file(name: str, search_paths: Sequence[str]) -> str:

@@ -92,7 +92,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
 
   Args:
     model: the `Transformer`.
-    params, param_axes: see `place_state`.
+    params, param_axes: see `place_params`.
     trainable_regex: PROMPT_REGEX.
     optimizer: an optax transformation (see `optimizers`), wrapped in `optimizers.trainable_only`.
     loss_config: z-loss, label smoothing, normalization.
