@@ -1,0 +1,388 @@
+r"""The offline demo: prompt-tune a small frozen T5 1.1 on a task it knows only by a prefix it no longer gets.
+
+  python -m prompt_tuning_jax.demo [--model_dir=demo_run] [--fresh] [--train_steps=300] [--model_finetune]
+
+The packaged model (`demo_assets/`, made by scripts/pretrain_demo_model.sh) was pretrained on the synthetic
+tasks, each named by a prefix ("reverse: k d a f" -> "f a d k"). The demo's task gives the same inputs without
+the prefix, so the frozen model alone cannot know what is asked; a soft prompt, started from a task-agnostic
+init (sampled vocabulary or random uniform, never the prefix text), must learn to say it. Every stage runs
+through the project's own code paths, configured by the gin stack in `gin_configs/demo/prompt_tuning.gin`:
+`runs.evaluate` for the rows before training (no prompt; the initial prompt; the prefixed task for reference),
+`runs.train` (what `python -m prompt_tuning_jax.train` calls) for prompt tuning, and optionally for full
+fine-tuning. It prints a table of the measured results and the learned prompt's nearest vocabulary tokens, and
+writes to MODEL_DIR: the prompt (.npy and PEFT adapter), a loss/accuracy curve (PNG), results.json, and the
+runs' checkpoints, metrics.jsonl and config.gin. Re-running resumes; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# TensorFlow's C++ logging (oneDNN banners, tf.data cache notices) would bury the demo's report.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import seqio  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+from prompt_tuning_jax import checkpoints as checkpoint_io  # noqa: E402
+from prompt_tuning_jax.data import pipeline, postprocessors, synthetic, vocab  # noqa: E402
+from prompt_tuning_jax.inference import nearest_neighbors  # noqa: E402
+from prompt_tuning_jax.inference.decoding import greedy_decode  # noqa: E402
+from prompt_tuning_jax.model import t5  # noqa: E402
+from prompt_tuning_jax.training import checkpointing, cli, runs, train_state  # noqa: E402
+from prompt_tuning_jax.training.metrics_writer import METRICS_FILE  # noqa: E402
+
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_assets")
+MARKER_FILE = "demo_run.json"  # marks a MODEL_DIR as the demo's own, so --fresh may delete it
+RESULTS_FILE = "results.json"
+CURVES_FILE = "curves.png"
+PROMPT_NPY_FILE = "prompt.npy"
+PEFT_DIR = "peft_adapter"
+PROMPT_TUNING_DIR = "prompt_tuning"
+MODEL_FINETUNE_DIR = "model_finetune"
+# --prompt_init -> (gin file, PEFT's name for the init). Both are task-agnostic: no task text enters the prompt.
+PROMPT_INITS = {"sampled_vocab": ("prompts/from_sampled_vocab.gin", "SAMPLE_VOCAB"),
+                "uniform": ("prompts/from_uniform.gin", "RANDOM")}
+MODEL_GIN = "demo/t5_1_1_demo.gin"
+NUM_SHOWN = 4  # validation examples printed with their predictions
+TASK_GIN = "demo/task.gin"
+
+
+def pretrained_checkpoint_path(assets_dir: str = ASSETS_DIR) -> str:
+  """The packaged demo model: the one T5X legacy `checkpoint_N` directory in `demo_assets/`."""
+  found = sorted(e for e in (os.listdir(assets_dir) if os.path.isdir(assets_dir) else [])
+                 if re.fullmatch(r"checkpoint_\d+", e) and os.path.isdir(os.path.join(assets_dir, e)))
+  if len(found) != 1:
+    raise FileNotFoundError(f"{assets_dir} holds {len(found)} checkpoint_N directories ({found}), expected exactly "
+                            "one; restore it from git or rebuild it with scripts/pretrain_demo_model.sh")
+  return os.path.join(assets_dir, found[0])
+
+
+def export_pretrained(model_dir: str, assets_dir: str = ASSETS_DIR) -> str:
+  """Writes the latest checkpoint of the pretraining run in `model_dir` to `assets_dir` as a T5X legacy checkpoint.
+
+  The run's operative config and final validation metrics go alongside (pretrain_config.gin,
+  pretrain_metrics.json); the previous packaged checkpoint is replaced. Returns the checkpoint directory.
+  """
+  directory, step = runs.resolve_checkpoint(model_dir)
+  params = checkpoint_io.load_t5x_orbax(directory)
+  validation = [line for line in read_metrics(model_dir) if line["split"] == "validation" and line["step"] == step]
+  if not validation:
+    raise ValueError(f"{model_dir} has no validation metrics at step {step}; pretrain with an evaluation at the "
+                     "last step (scripts/pretrain_demo_model.sh does)")
+  os.makedirs(assets_dir, exist_ok=True)
+  for entry in os.listdir(assets_dir):
+    if re.fullmatch(r"checkpoint_\d+", entry):
+      shutil.rmtree(os.path.join(assets_dir, entry))
+  written = checkpoint_io.save_t5x_legacy(params, assets_dir, step)
+  shutil.copyfile(os.path.join(model_dir, runs.CONFIG_FILE), os.path.join(assets_dir, "pretrain_config.gin"))
+  with open(os.path.join(assets_dir, "pretrain_metrics.json"), "w") as f:
+    json.dump(validation[-1], f, indent=2, sort_keys=True)
+  return written
+
+
+def prepare_model_dir(model_dir: str, fresh: bool) -> str:
+  """Creates MODEL_DIR (or reuses the demo's own, to resume); refuses to touch a directory the demo did not make."""
+  model_dir = os.path.abspath(model_dir)
+  is_demo_dir = os.path.isfile(os.path.join(model_dir, MARKER_FILE))
+  if os.path.isdir(model_dir) and os.listdir(model_dir) and not is_demo_dir:
+    raise ValueError(f"--model_dir {model_dir} exists and is not a demo run (no {MARKER_FILE}); pass an empty or "
+                     "new directory")
+  if fresh and is_demo_dir:
+    shutil.rmtree(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  return model_dir
+
+
+def parse_demo_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Replaces the gin config by `gin_files` + `bindings` (searched in gin_configs/, like the CLIs)."""
+  gin.clear_config()
+  cli.parse_gin(gin_files, bindings, [])
+
+
+def prompt_tuning_gin(prompt_init: str) -> list[str]:
+  """The demo's prompt-tuning stack: model size, prompt, its initializer, the paper's recipe, demo settings."""
+  return [MODEL_GIN, "models/prompt.gin", PROMPT_INITS[prompt_init][0], "runs/prompt_finetune.gin", TASK_GIN,
+          "demo/prompt_tuning.gin"]
+
+
+def model_finetune_gin() -> list[str]:
+  """The full fine-tuning baseline's stack: no prompt, every parameter trains (T5X's fine-tuning recipe)."""
+  return [MODEL_GIN, "runs/model_finetune.gin", TASK_GIN]
+
+
+def read_metrics(model_dir: str) -> list[dict[str, Any]]:
+  """The lines of MODEL_DIR/metrics.jsonl; for a step logged twice (a resumed run), the later line wins."""
+  path = os.path.join(model_dir, METRICS_FILE)
+  if not os.path.isfile(path):
+    return []
+  latest: dict[tuple[int, str], dict[str, Any]] = {}
+  with open(path) as f:
+    for line in f:
+      entry = json.loads(line)
+      latest[(entry["step"], entry["split"])] = entry
+  return sorted(latest.values(), key=lambda e: (e["step"], e["split"]))
+
+
+def final_validation(model_dir: str, step: int) -> dict[str, float]:
+  """The validation metrics the trainer logged at `step` (the last one)."""
+  for entry in read_metrics(model_dir):
+    if entry["split"] == "validation" and entry["step"] == step:
+      return entry
+  raise ValueError(f"{model_dir}/{METRICS_FILE} has no validation metrics at step {step}: the run there was made "
+                   "with other settings; rerun with --fresh")
+
+
+def train_speed(model_dir: str) -> float:
+  """Median steps/s over the trainer's reports, leaving out the first (it includes compilation)."""
+  speeds = [e["steps_per_second"] for e in read_metrics(model_dir) if e["split"] == "train"][1:]
+  return float(np.median(speeds)) if speeds else float("nan")
+
+
+def parameter_counts(model: t5.Transformer, task_feature_lengths: Mapping[str, int],
+                     trainable_regex: str) -> tuple[int, int]:
+  """(trainable, total) parameter counts of `model` when `trainable_regex` selects what trains."""
+  shapes, _ = runs.abstract_params(model, task_feature_lengths)
+  trainable, _ = train_state.split_params(shapes, trainable_regex)
+  count = lambda tree: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+  return count(trainable), count(shapes)
+
+
+def the_prompt(params: Any) -> np.ndarray:
+  """The prompt [prompt_length, embed] of a parameter tree."""
+  return np.asarray(traverse_util.flatten_dict(params)[checkpointing.PROMPT_PATH])
+
+
+def describe_drift(initial: np.ndarray, learned: np.ndarray, embedding: np.ndarray,
+                   vocabulary: nearest_neighbors.Decoder, k: int = 3) -> list[str]:
+  """Per prompt row: the learned row's nearest tokens, and the initial row's nearest, to show where it moved."""
+  start_ids, start_sims = nearest_neighbors.nearest_tokens(initial, embedding, k=1)
+  lines = nearest_neighbors.describe_prompt(learned, embedding, vocabulary, k)
+  return [f"{line}   (initially {vocabulary.decode([int(i)])!r} {s:.2f})"
+          for line, i, s in zip(lines, start_ids[:, 0], start_sims[:, 0], strict=True)]
+
+
+def decode_examples(model: t5.Transformer, params: Any, examples: Sequence[Mapping[str, Any]], input_length: int,
+                    max_decode_length: int, vocabulary: seqio.Vocabulary) -> list[str]:
+  """Greedy predictions, as text, for task examples (numpy dicts with 'inputs' tokens ending in EOS)."""
+  tokens = np.zeros((len(examples), input_length), np.int32)  # [batch, input_length], 0-padded
+  for row, example in enumerate(examples):
+    tokens[row, :len(example["inputs"])] = example["inputs"]
+  predicted = greedy_decode(model, params, jnp.asarray(tokens), max_decode_length, vocabulary.eos_id)
+  return [vocabulary.decode([int(t) for t in row]) for row in np.asarray(predicted)]
+
+
+def plot_curves(path: str, prompt_dir: str, initial: Mapping[str, float], no_prompt: Mapping[str, float],
+                with_prefix: Mapping[str, float] | None, accuracy_key: str, finetune_dir: str | None = None) -> str:
+  """Writes the train loss and validation exact match of the run(s) against their steps, as a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")  # no display needed
+  from matplotlib import pyplot as plt
+
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  runs_to_plot = [("prompt tuning", prompt_dir, "C0")] + ([("full fine-tuning", finetune_dir, "C1")]
+                                                          if finetune_dir else [])
+  for label, directory, color in runs_to_plot:
+    metrics = read_metrics(directory)
+    train = [e for e in metrics if e["split"] == "train"]
+    loss_ax.plot([e["step"] for e in train], [e["loss"] for e in train], color=color, label=label)
+    validation = [e for e in metrics if e["split"] == "validation"]
+    steps = [e["step"] for e in validation]
+    accuracy = [e[accuracy_key] for e in validation]
+    # Step 0: the initial prompt, or for fine-tuning the untouched model (= no prompt).
+    start = initial if label == "prompt tuning" else no_prompt
+    steps, accuracy = [0, *steps], [start[accuracy_key], *accuracy]
+    acc_ax.plot(steps, accuracy, "o-", color=color, label=label)
+  acc_ax.axhline(no_prompt[accuracy_key], color="gray", linestyle="--", label="no prompt")
+  if with_prefix is not None:
+    acc_ax.axhline(with_prefix["value"], color="green", linestyle=":", label="with the task prefix")
+  loss_ax.set(xlabel="step", ylabel="train loss per target token", yscale="log", title="training loss")
+  acc_ax.set(xlabel="step", ylabel="exact match (%)", ylim=(-2, 102), title="validation exact match")
+  loss_ax.legend()
+  acc_ax.legend(loc="center right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def format_table(rows: Sequence[tuple[str, Mapping[str, float] | None]], accuracy_key: str,
+                 token_key: str | None) -> list[str]:
+  """The results table: exact match, per-token accuracy of the decoded output, teacher-forced loss."""
+  header = f"{'':40s} {'exact match':>12s} {'token acc.':>11s} {'loss':>8s}"
+  lines = [header, "-" * len(header)]
+  for name, metrics in rows:
+    if metrics is None:
+      continue
+    token = f"{metrics[token_key]:10.1f}%" if token_key and token_key in metrics else f"{'-':>11s}"
+    lines.append(f"{name:40s} {metrics[accuracy_key]:11.1f}% {token} {metrics['loss']:8.3f}")
+  return lines
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m prompt_tuning_jax.demo")
+  parser.add_argument("--model_dir", default="demo_run", help="where everything is written (default ./demo_run)")
+  parser.add_argument("--fresh", action="store_true", help="delete a previous demo run in --model_dir first")
+  parser.add_argument("--task", default="reverse", choices=sorted(synthetic.TARGET_FNS),
+                      help="the synthetic task, given to the model without its prefix")
+  parser.add_argument("--prompt_init", default="sampled_vocab", choices=sorted(PROMPT_INITS))
+  parser.add_argument("--pretrained", default=None,
+                      help="the frozen model's checkpoint (default: the packaged one in demo_assets/)")
+  parser.add_argument("--prompt_length", type=int, default=None, help="default: PROMPT_LENGTH of the demo gin (20)")
+  parser.add_argument("--train_steps", type=int, default=None, help="default: TRAIN_STEPS of the demo gin (300)")
+  parser.add_argument("--eval_period", type=int, default=None, help="default: EVAL_PERIOD of the demo gin (50)")
+  parser.add_argument("--eval_examples", type=int, default=None,
+                      help="validation examples per evaluation (default: all 500)")
+  parser.add_argument("--model_finetune", action="store_true",
+                      help="also fine-tune the whole model on the same task and budget, as a baseline")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="extra gin bindings for every run, e.g. 'LEARNING_RATE = 0.1' (repeatable)")
+  return parser.parse_args(argv)
+
+
+def _bindings(args: argparse.Namespace, model_dir: str) -> list[str]:
+  """The flags as gin bindings, stacked after the demo gin files."""
+  bindings = [f"MODEL_DIR = {model_dir!r}", f"MIXTURE_OR_TASK_NAME = {synthetic.task_name(args.task, taskless=True)!r}",
+              f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(args.pretrained or pretrained_checkpoint_path())!r}"]
+  for macro, value in (("PROMPT_LENGTH", args.prompt_length), ("TRAIN_STEPS", args.train_steps),
+                       ("EVAL_PERIOD", args.eval_period), ("EVAL_NUM_EXAMPLES", args.eval_examples)):
+    if value is not None:
+      if value <= 0:
+        raise ValueError(f"--{macro.lower()} must be positive, got {value}")
+      bindings.append(f"{macro} = {value}")
+  return bindings + list(args.gin_bindings)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """The whole demo; returns (and writes to MODEL_DIR/results.json) what it measured."""
+  started = time.perf_counter()
+  model_dir = prepare_model_dir(args.model_dir, args.fresh)
+  with open(os.path.join(model_dir, MARKER_FILE), "w") as f:
+    json.dump(vars(args), f, indent=2, sort_keys=True)
+  prompt_dir = os.path.join(model_dir, PROMPT_TUNING_DIR)
+  parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(args, prompt_dir))
+  task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  prefixed_task = task.removeprefix("taskless_")
+  lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+  train_steps = gin.query_parameter("%TRAIN_STEPS")
+  prompt_regex = gin.query_parameter("%PROMPT_REGEX")
+  checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+  accuracy_key, token_key = f"{task}/sequence_accuracy", f"{task}/token_accuracy"
+  vocabulary = vocab.synthetic_vocabulary()
+  model = gin.get_configurable(t5.Transformer)()
+  bare_model = gin.get_configurable(t5.Transformer)(prompt_factory=None)
+  evaluate = gin.get_configurable(runs.evaluate)
+  print(f"demo: frozen model {checkpoint}\ndemo: task {task} (validation split), writing to {model_dir}", flush=True)
+
+  print("demo: evaluating before training ...", flush=True)
+  no_prompt = evaluate(model=bare_model, output_dir=os.path.join(model_dir, "eval_no_prompt"))
+  initial = evaluate(output_dir=os.path.join(model_dir, "eval_initial_prompt"))
+  with_prefix = None
+  if prefixed_task != task:
+    reference = evaluate(model=bare_model, mixture_or_task_name=prefixed_task,
+                         output_dir=os.path.join(model_dir, "eval_with_prefix"))
+    # The same inputs with the prefix the model was pretrained with: what it can do when told the task.
+    with_prefix = {"value": reference[f"{prefixed_task}/sequence_accuracy"],
+                   accuracy_key: reference[f"{prefixed_task}/sequence_accuracy"],
+                   token_key: reference.get(f"{prefixed_task}/token_accuracy", float("nan")),
+                   "loss": reference["loss"]}
+
+  print(f"demo: prompt tuning for {train_steps} steps ...", flush=True)
+  tuning_started = time.perf_counter()
+  gin.get_configurable(runs.train)()
+  tuning_seconds = time.perf_counter() - tuning_started
+  learned = final_validation(prompt_dir, train_steps)
+  prompt = checkpointing.read_step_prompt(prompt_dir, train_steps)
+  initial_params = runs.initial_params(model, lengths, checkpoint, prompt_regex, gin.query_parameter("%SEED"))
+  initial_prompt = the_prompt(initial_params)
+  learned_params = runs.overlay_trained(initial_params, traverse_util.unflatten_dict(
+      {checkpointing.PROMPT_PATH: prompt}), f"{prompt_dir}/numpy_checkpoints")
+  _, frozen_params = train_state.split_params(initial_params, prompt_regex)
+  examples = list(pipeline.get_task_dataset(task, lengths, "validation").take(NUM_SHOWN).as_numpy_iterator())
+  shown = {"no prompt": decode_examples(bare_model, frozen_params, examples, lengths["inputs"],
+                                        lengths["targets"], vocabulary),
+           "learned prompt": decode_examples(model, learned_params, examples, lengths["inputs"],
+                                             lengths["targets"], vocabulary)}
+  trainable, total = parameter_counts(model, lengths, prompt_regex)
+  embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
+  npy_path = checkpoint_io.save_prompt_npy(prompt, os.path.join(model_dir, PROMPT_NPY_FILE))
+  peft_path = checkpoint_io.save_peft_adapter(
+      prompt, os.path.join(model_dir, PEFT_DIR), num_layers=model.config.num_encoder_layers,
+      num_attention_heads=model.config.num_heads, prompt_tuning_init=PROMPT_INITS[args.prompt_init][1])
+
+  finetune_dir, finetuned, finetune_counts, finetune_seconds = None, None, None, None
+  if args.model_finetune:
+    finetune_dir = os.path.join(model_dir, MODEL_FINETUNE_DIR)
+    print(f"demo: full fine-tuning for {train_steps} steps ...", flush=True)
+    parse_demo_gin(model_finetune_gin(), _bindings(args, finetune_dir))
+    finetune_started = time.perf_counter()
+    gin.get_configurable(runs.train)()
+    finetune_seconds = time.perf_counter() - finetune_started
+    finetuned = final_validation(finetune_dir, train_steps)
+    finetune_counts = parameter_counts(gin.get_configurable(t5.Transformer)(), lengths, ".*")
+
+  curves = plot_curves(os.path.join(model_dir, CURVES_FILE), prompt_dir, initial, no_prompt, with_prefix,
+                       accuracy_key, finetune_dir)
+  results = {
+      "task": task, "model": checkpoint, "train_steps": train_steps,
+      "prompt_init": args.prompt_init, "prompt_length": int(prompt.shape[0]),
+      "no_prompt": no_prompt, "initial_prompt": initial, "learned_prompt": learned, "with_prefix": with_prefix,
+      "model_finetune": finetuned, "trainable_parameters": trainable, "total_parameters": total,
+      "prompt_tuning_steps_per_second": train_speed(prompt_dir), "prompt_tuning_seconds": tuning_seconds,
+      "model_finetune_steps_per_second": train_speed(finetune_dir) if finetune_dir else None,
+      "model_finetune_seconds": finetune_seconds, "total_seconds": time.perf_counter() - started,
+  }
+  with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+
+  rows = [(f"with the '{prefixed_task.removeprefix('synthetic_')}:' prefix (reference)", with_prefix),
+          ("no prompt", no_prompt), (f"initial prompt ({args.prompt_init})", initial),
+          (f"learned prompt ({train_steps} steps)", learned),
+          (f"full fine-tuning ({train_steps} steps)", finetuned)]
+  num_examples = int(learned["num_examples"])
+  print(f"\n== {task}: validation, {num_examples} examples, inputs without the task prefix ==")
+  print("\n".join(format_table(rows, accuracy_key, token_key if token_key in learned else None)))
+  print(f"prompt tuning: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%), "
+        f"{results['prompt_tuning_steps_per_second']:.1f} steps/s, {tuning_seconds:.0f} s with compilation "
+        "and evaluations")
+  if finetune_counts:
+    print(f"full fine-tuning: {finetune_counts[0]:,} trainable of {finetune_counts[1]:,} parameters, "
+          f"{results['model_finetune_steps_per_second']:.1f} steps/s, {finetune_seconds:.0f} s")
+  print(f"\n== the first {NUM_SHOWN} validation examples, greedy decoding ==")
+  for row, example in enumerate(examples):
+    print(f"  input {postprocessors.as_text(example['inputs_pretokenized'])!r:20s} target "
+          f"{postprocessors.as_text(example['targets_pretokenized'])!r:18s} "
+          + "  ".join(f"{name}: {predictions[row]!r:18s}" for name, predictions in shown.items()))
+  print("\n== the learned prompt's nearest vocabulary tokens (cosine similarity to the input embeddings) ==")
+  print("\n".join(describe_drift(initial_prompt, prompt, embedding, vocabulary)))
+  print(f"\n== written to {model_dir} ==")
+  for what, path in (("prompt (.npy)", npy_path), ("prompt (PEFT adapter)", peft_path), ("curves", curves),
+                     ("results", os.path.join(model_dir, RESULTS_FILE)),
+                     ("training metrics", os.path.join(prompt_dir, METRICS_FILE)),
+                     ("operative gin config", os.path.join(prompt_dir, runs.CONFIG_FILE))):
+    print(f"  {what:22s} {path}")
+  print(f"demo: done in {results['total_seconds']:.0f} s")
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  with cli.errors_as_one_line("demo"):
+    run(args)
+
+
+if __name__ == "__main__":
+  main()
