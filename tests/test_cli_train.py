@@ -12,6 +12,7 @@ import shutil
 
 import _training_helpers  # noqa: F401 (enables the session's compilation cache)
 import gin
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
@@ -20,6 +21,9 @@ import tensorflow as tf
 from prompt_tuning_jax import train
 from prompt_tuning_jax.checkpoints import save_t5x_orbax
 from prompt_tuning_jax.data import preprocessors, vocab
+from prompt_tuning_jax.training import optimizers
+from prompt_tuning_jax.training.checkpointing import Checkpoints
+from prompt_tuning_jax.training.train_state import TrainState
 
 PROMPT_LENGTH = 4
 
@@ -75,6 +79,18 @@ def copy_of_trained_dir(trained_dir, tmp_path):
   return copy
 
 
+@pytest.fixture
+def model_dir(tmp_path):
+  """A MODEL_DIR that already holds checkpoint_2 (written directly, without training), which must stay intact."""
+  trainable = {"encoder": {"prompt": {"prompt": {"prompt": jnp.zeros((PROMPT_LENGTH, 32))}}}}
+  state = TrainState(step=jnp.asarray(2, jnp.int32), trainable=trainable,
+                     opt_state=optimizers.adafactor().init(trainable))
+  checkpoints = Checkpoints(str(tmp_path / "model_dir"), async_save=False)
+  checkpoints.save(state, {"step": 2})
+  checkpoints.close()
+  return str(tmp_path / "model_dir")
+
+
 @pytest.mark.slow
 def test_train_cli_leaves_checkpoints_metrics_events_prompt_and_config(trained_dir):
   assert {"checkpoint_2", "checkpoint_4"} <= set(os.listdir(trained_dir))
@@ -110,8 +126,8 @@ def _expect_one_line_error(capsys, model_dir, fix: str, **macros):
   return errors[0]
 
 
-def test_unknown_task_is_a_one_line_error(capsys, copy_of_trained_dir):
-  _expect_one_line_error(capsys, copy_of_trained_dir, "did you mean synthetic_reverse",
+def test_unknown_task_is_a_one_line_error(capsys, model_dir):
+  _expect_one_line_error(capsys, model_dir, "did you mean synthetic_reverse",
                          MIXTURE_OR_TASK_NAME="'synthetic_revers'")
 
 
@@ -121,24 +137,24 @@ def test_unwritable_model_dir_is_a_one_line_error(capsys, tmp_path):
   _expect_one_line_error(capsys, str(blocker / "model_dir"), "pass a directory you can write to")
 
 
-def test_missing_initial_checkpoint_is_a_one_line_error(capsys, copy_of_trained_dir, tmp_path):
-  _expect_one_line_error(capsys, copy_of_trained_dir, "does not exist; pass a T5X checkpoint_N",
+def test_missing_initial_checkpoint_is_a_one_line_error(capsys, model_dir, tmp_path):
+  _expect_one_line_error(capsys, model_dir, "does not exist; pass a T5X checkpoint_N",
                          INITIAL_CHECKPOINT_PATH=repr(str(tmp_path / "no_such_checkpoint")))
 
 
-def test_initial_checkpoint_of_another_model_is_a_one_line_error(capsys, copy_of_trained_dir, tmp_path):
+def test_initial_checkpoint_of_another_model_is_a_one_line_error(capsys, model_dir, tmp_path):
   other = _training_helpers.tiny_model(prompt_length=None)  # the tiny shape, vocab 128, not the run's 136
   params, _ = _training_helpers.init_params(other)
   checkpoint = save_t5x_orbax(params, str(tmp_path / "other_model"), step=1)
-  _expect_one_line_error(capsys, copy_of_trained_dir, "vocab", INITIAL_CHECKPOINT_PATH=repr(checkpoint))
+  _expect_one_line_error(capsys, model_dir, "vocab", INITIAL_CHECKPOINT_PATH=repr(checkpoint))
 
 
-def test_prompt_and_inputs_beyond_the_allowed_length_is_a_one_line_error(capsys, copy_of_trained_dir):
-  _expect_one_line_error(capsys, copy_of_trained_dir, "shorten the inputs or the prompt", MAX_ENCODER_LENGTH="16")
+def test_prompt_and_inputs_beyond_the_allowed_length_is_a_one_line_error(capsys, model_dir):
+  _expect_one_line_error(capsys, model_dir, "shorten the inputs or the prompt", MAX_ENCODER_LENGTH="16")
 
 
-def test_gin_binding_to_an_unknown_name_is_a_one_line_error(capsys, copy_of_trained_dir):
-  _expect_one_line_error(capsys, copy_of_trained_dir, "no_such_parameter", **{"runs.train.no_such_parameter": "1"})
+def test_gin_binding_to_an_unknown_name_is_a_one_line_error(capsys, model_dir):
+  _expect_one_line_error(capsys, model_dir, "no_such_parameter", **{"runs.train.no_such_parameter": "1"})
 
 
 def test_missing_required_value_is_a_one_line_error(capsys, tmp_path):

@@ -24,6 +24,13 @@ class EmptyDatasetError(ValueError):
   """A split yielded too few examples to form one batch."""
 
 
+def check_not_empty(dataset: tf.data.Dataset, batch_size: int, description: str) -> None:
+  """Raises EmptyDatasetError unless `dataset` yields at least one full batch (reads one batch)."""
+  if not any(True for _ in dataset.batch(batch_size, drop_remainder=True).take(1)):
+    raise EmptyDatasetError(f"{description} yields fewer than {batch_size} examples per process, not one batch; "
+                            "check the task's data (TFDS data dir, split) or lower BATCH_SIZE")
+
+
 def train_batches(dataset: tf.data.Dataset, host_batch_size: int, start_step: int,
                   description: str = "the train split") -> Iterator[HostBatch]:
   """Batches [host_batch, ...] of `dataset` from batch number `start_step` on.

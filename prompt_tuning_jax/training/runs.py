@@ -217,11 +217,11 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
   _check_regex(initialize_regex, "initialize_regex")
-  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
-
   train_data = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split, shuffle=True,
                                     seed=seed, shard_id=shard_id, num_shards=num_shards, num_epochs=None)
   description = f"split '{train_split}' of {mixture_or_task_name}"
+  input_pipeline.check_not_empty(train_data, host_batch_size, description)
+  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
   train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
                                                                   description)
   evaluate = None
