@@ -81,9 +81,9 @@ def make_evaluate(*, model: nn.Module, loss_config: losses.LossConfig, mesh: Mes
                                   num_epochs=1)
   if num_examples is not None:
     features = features.take(num_examples)
-  features = features.cache()
   description = f"split '{split}' of {mixture_or_task_name}"
   input_pipeline.check_not_empty(features, 1, description)  # now, not at the first evaluation mid-training
+  features = features.cache()
   decoded_tasks = []
   if decode_metrics:
     for task in pipeline.get_eval_tasks(mixture_or_task_name, split):
