@@ -124,3 +124,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
   checkpoints = Checkpoints(model_dir)
   assert checkpoints.all_steps() == [2]
   np.testing.assert_array_equal(helpers.prompt_of(checkpoints._manager.restore(2)["state"]["target"]), good)
+
+
+def test_resuming_with_another_batch_size_is_refused(prompt_run):
+  model_dir = prompt_run[0]
+  with pytest.raises(ValueError, match="checkpoint_40 was trained with batch_size=8, this run has 16"):
+    helpers.train_tiny(model_dir, steps=50, batch_size=16)
+  assert Checkpoints(model_dir).all_steps() == [20, 40]
