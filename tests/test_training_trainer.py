@@ -119,7 +119,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
   model_dir = str(tmp_path)
   helpers.train_tiny(model_dir, steps=2, save_period=2)
   good = helpers.prompt_of(Checkpoints(model_dir)._manager.restore(2)["state"]["target"])
-  with pytest.raises(trainer.NonFiniteLossError, match=r"diverged at step 3 .*checkpoint_2 is the last good checkpoint"):
+  message = r"diverged at step 3 .*checkpoint_2 is the last good checkpoint"
+  with pytest.raises(trainer.NonFiniteLossError, match=message):
     helpers.train_tiny(model_dir, steps=6, save_period=1, optimizer=optimizers.adafactor(learning_rate=np.inf))
   checkpoints = Checkpoints(model_dir)
   assert checkpoints.all_steps() == [2]

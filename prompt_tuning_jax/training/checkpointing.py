@@ -65,9 +65,8 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         step_prefix="checkpoint", create=True, enable_async_checkpointing=async_save, best_fn=best_fn,
         best_mode=best_mode, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-    self._manager = ocp.CheckpointManager(
-        self.model_dir, options=options,
-        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), INPUT_POSITION_ITEM: ocp.JsonCheckpointHandler()})
+    handlers = {STATE_ITEM: ocp.StandardCheckpointHandler(), INPUT_POSITION_ITEM: ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.model_dir, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

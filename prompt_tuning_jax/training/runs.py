@@ -124,7 +124,7 @@ def initial_params(model: nn.Module, task_feature_lengths: Mapping[str, int], in
     return nn.meta.unbox(variables["params"])
   if "://" not in initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist; pass a T5X "
-                            "checkpoint_N or Hugging Face T5 1.1 directory (or None for a randomly initialized model)")
+                            "checkpoint_N or Hugging Face T5 1.1 directory (or None for a random model)")
   expected, _ = abstract_params(model, task_feature_lengths)
   loaded, inferred = checkpoint_io.load_params(initial_checkpoint_path)
   checkpoint_io.check_config(model.config, inferred, initial_checkpoint_path)
@@ -147,7 +147,7 @@ def _check_lengths(model: nn.Module, expected_params: PyTree, task_feature_lengt
                      f"MAX_ENCODER_LENGTH {max_encoder_length}; shorten the inputs or the prompt")
 
 
-def _format_position(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+def _input_position(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
                      seed: int) -> dict[str, Any]:
   return {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
           "batch_size": batch_size, "seed": seed}
@@ -210,13 +210,13 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   model_dir = check_writable_dir(model_dir)
   expected, param_axes = abstract_params(model, task_feature_lengths)
   _check_regex(trainable_regex, "PROMPT_REGEX (trainable_regex)")
+  _check_regex(initialize_regex, "initialize_regex")
   train_state.split_params(expected, trainable_regex)  # fails now, not after loading, if nothing would train
   _check_lengths(model, expected, task_feature_lengths, provider.output_features["targets"].vocabulary,
                  max_encoder_length, mixture_or_task_name)
   mesh = partitioning.create_mesh(num_partitions, mesh_shape)
   shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
-  _check_regex(initialize_regex, "initialize_regex")
   train_data = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split, shuffle=True,
                                     seed=seed, shard_id=shard_id, num_shards=num_shards, num_epochs=None)
   description = f"split '{train_split}' of {mixture_or_task_name}"
@@ -226,10 +226,10 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
                                                                   description)
   evaluate = None
   if eval_split is not None:
-    evaluate = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh, global_batch_size=batch_size,
-                                        mixture_or_task_name=mixture_or_task_name,
-                                        task_feature_lengths=task_feature_lengths, split=eval_split,
-                                        num_examples=eval_num_examples, decode_metrics=decode_metrics)
+    evaluate = evaluation.make_evaluate(
+        model=model, loss_config=loss_config, mesh=mesh, global_batch_size=batch_size,
+        mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths, split=eval_split,
+        num_examples=eval_num_examples, decode_metrics=decode_metrics)
   peft = None
   if export_peft:
     peft = {"num_layers": model.config.num_encoder_layers, "num_attention_heads": model.config.num_heads,
@@ -248,7 +248,7 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
         model=model, params=params, param_axes=param_axes, trainable_regex=trainable_regex, optimizer=optimizer,
         loss_config=loss_config, mesh=mesh, rules=rules, train_batches=train_batches, global_batch_size=batch_size,
         num_train_steps=train_steps, checkpoints=checkpoints, save_period=save_period, writer=writer,
-        input_position=_format_position(mixture_or_task_name, task_feature_lengths, batch_size, seed),
+        input_position=_input_position(mixture_or_task_name, task_feature_lengths, batch_size, seed),
         evaluate=evaluate, eval_period=eval_period, log_period=log_period, dropout_seed=seed)
   finally:
     writer.close()

@@ -179,13 +179,15 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
         do_save = is_last or do_eval or step % save_period == 0
         if is_last or do_save or step % log_period == 0:
           report(step)
-        eval_metrics = None
+        checkpoint_metrics = None
         if do_eval:
-          eval_metrics = {f"validation/{name}": value for name, value in evaluate(state.trainable, frozen).items()}
-          writer.write_scalars(step, "validation", {k.removeprefix("validation/"): v for k, v in eval_metrics.items()})
-          progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+          scores = evaluate(state.trainable, frozen)
+          writer.write_scalars(step, "validation", scores)
+          progress.write(f"step {step}: validation " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
+          # Checkpoints rank by e.g. 'validation/loss' (the `best_metric` of `Checkpoints`).
+          checkpoint_metrics = {f"validation/{name}": value for name, value in scores.items()}
         if do_save:
-          checkpoints.save(state, position(step), eval_metrics)
+          checkpoints.save(state, position(step), checkpoint_metrics)
           last_good_step = step
     finally:
       progress.close()
