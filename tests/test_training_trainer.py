@@ -78,6 +78,7 @@ def test_checkpoints_hold_the_trainable_params_not_the_frozen_model(prompt_run):
   np.testing.assert_array_equal(helpers.prompt_of(saved), helpers.prompt_of(state.trainable))
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_bit_identical_to_uninterrupted_run(tmp_path):
   model = helpers.tiny_model(dropout_rate=0.1)  # dropout keys must also follow the step
   uninterrupted, _, _ = helpers.train_tiny(str(tmp_path / "a"), model=model, steps=6, save_period=3)
@@ -90,6 +91,7 @@ def test_resumed_run_ends_bit_identical_to_uninterrupted_run(tmp_path):
   assert [m["step"] for m in _metrics(str(tmp_path / "b"))] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_full_finetuning_changes_every_parameter(tmp_path):
   model = helpers.tiny_model(prompt_length=None)
   state, frozen, initial = helpers.train_tiny(
