@@ -113,9 +113,10 @@ def parse_demo_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 
 
 def prompt_tuning_gin(prompt_init: str) -> list[str]:
-  """The demo's prompt-tuning stack: model size, prompt, its initializer, the paper's recipe, demo settings."""
-  return [MODEL_GIN, "models/prompt.gin", PROMPT_INITS[prompt_init][0], "runs/prompt_finetune.gin", TASK_GIN,
-          "demo/prompt_tuning.gin"]
+  """The demo's prompt-tuning stack: model size, prompt, its initializer, the paper's recipe (and the evaluation
+  of a prompt), the demo's task and settings."""
+  return [MODEL_GIN, "models/prompt.gin", PROMPT_INITS[prompt_init][0], "runs/prompt_finetune.gin",
+          "runs/prompt_eval.gin", TASK_GIN, "demo/prompt_tuning.gin"]
 
 
 def model_finetune_gin() -> list[str]:
@@ -208,7 +209,7 @@ def plot_curves(path: str, prompt_dir: str, initial: Mapping[str, float], no_pro
     acc_ax.plot(steps, accuracy, "o-", color=color, label=label)
   acc_ax.axhline(no_prompt[accuracy_key], color="gray", linestyle="--", label="no prompt")
   if with_prefix is not None:
-    acc_ax.axhline(with_prefix["value"], color="green", linestyle=":", label="with the task prefix")
+    acc_ax.axhline(with_prefix[accuracy_key], color="green", linestyle=":", label="with the task prefix")
   loss_ax.set(xlabel="step", ylabel="train loss per target token", yscale="log", title="training loss")
   acc_ax.set(xlabel="step", ylabel="exact match (%)", ylim=(-2, 102), title="validation exact match")
   loss_ax.legend()
@@ -266,6 +267,35 @@ def _bindings(args: argparse.Namespace, model_dir: str) -> list[str]:
   return bindings + list(args.gin_bindings)
 
 
+def evaluate_before(model_dir: str, bare_model: t5.Transformer, task: str) -> dict[str, dict[str, float] | None]:
+  """`runs.evaluate` (as gin configures it) of the frozen model before training, on the validation split.
+
+  Returns:
+    {"no_prompt": the model alone, "initial_prompt": with the prompt training starts from, "with_prefix": the
+    model alone on the same inputs with their task prefix (the upper bound of what it can do when told the task),
+    keyed as the taskless task's metrics; None if `task` has no prefixed twin}.
+  """
+  evaluate = gin.get_configurable(runs.evaluate)
+  results: dict[str, dict[str, float] | None] = {
+      "no_prompt": evaluate(model=bare_model, output_dir=os.path.join(model_dir, "eval_no_prompt")),
+      "initial_prompt": evaluate(output_dir=os.path.join(model_dir, "eval_initial_prompt")),
+      "with_prefix": None}
+  prefixed = task.removeprefix("taskless_")
+  if prefixed != task:
+    reference = evaluate(model=bare_model, mixture_or_task_name=prefixed,
+                         output_dir=os.path.join(model_dir, "eval_with_prefix"))
+    results["with_prefix"] = {name.replace(f"{prefixed}/", f"{task}/"): value for name, value in reference.items()}
+  return results
+
+
+def train_and_measure(model_dir: str) -> tuple[dict[str, float], float]:
+  """`runs.train` (as gin configures it; resumes a finished or partial run) -> (final validation metrics, seconds)."""
+  started = time.perf_counter()
+  gin.get_configurable(runs.train)()
+  seconds = time.perf_counter() - started
+  return final_validation(model_dir, gin.query_parameter("%TRAIN_STEPS")), seconds
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """The whole demo; returns (and writes to MODEL_DIR/results.json) what it measured."""
   started = time.perf_counter()
@@ -275,107 +305,96 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   prompt_dir = os.path.join(model_dir, PROMPT_TUNING_DIR)
   parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(args, prompt_dir))
   task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
-  prefixed_task = task.removeprefix("taskless_")
   lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
   train_steps = gin.query_parameter("%TRAIN_STEPS")
   prompt_regex = gin.query_parameter("%PROMPT_REGEX")
   checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
-  accuracy_key, token_key = f"{task}/sequence_accuracy", f"{task}/token_accuracy"
   vocabulary = vocab.synthetic_vocabulary()
   model = gin.get_configurable(t5.Transformer)()
   bare_model = gin.get_configurable(t5.Transformer)(prompt_factory=None)
-  evaluate = gin.get_configurable(runs.evaluate)
-  print(f"demo: frozen model {checkpoint}\ndemo: task {task} (validation split), writing to {model_dir}", flush=True)
-
-  print("demo: evaluating before training ...", flush=True)
-  no_prompt = evaluate(model=bare_model, output_dir=os.path.join(model_dir, "eval_no_prompt"))
-  initial = evaluate(output_dir=os.path.join(model_dir, "eval_initial_prompt"))
-  with_prefix = None
-  if prefixed_task != task:
-    reference = evaluate(model=bare_model, mixture_or_task_name=prefixed_task,
-                         output_dir=os.path.join(model_dir, "eval_with_prefix"))
-    # The same inputs with the prefix the model was pretrained with: what it can do when told the task.
-    with_prefix = {"value": reference[f"{prefixed_task}/sequence_accuracy"],
-                   accuracy_key: reference[f"{prefixed_task}/sequence_accuracy"],
-                   token_key: reference.get(f"{prefixed_task}/token_accuracy", float("nan")),
-                   "loss": reference["loss"]}
+  print(f"demo: frozen model {checkpoint}\ndemo: task {task} (validation split), writing to {model_dir}\n"
+        "demo: evaluating before training ...", flush=True)
+  results: dict[str, Any] = {"task": task, "model": checkpoint, "train_steps": train_steps,
+                             "prompt_init": args.prompt_init, **evaluate_before(model_dir, bare_model, task)}
 
   print(f"demo: prompt tuning for {train_steps} steps ...", flush=True)
-  tuning_started = time.perf_counter()
-  gin.get_configurable(runs.train)()
-  tuning_seconds = time.perf_counter() - tuning_started
-  learned = final_validation(prompt_dir, train_steps)
+  results["learned_prompt"], results["prompt_tuning_seconds"] = train_and_measure(prompt_dir)
+  results["prompt_tuning_steps_per_second"] = train_speed(prompt_dir)
+  results["trainable_parameters"], results["total_parameters"] = parameter_counts(model, lengths, prompt_regex)
   prompt = checkpointing.read_step_prompt(prompt_dir, train_steps)
+  results["prompt_length"] = int(prompt.shape[0])
   initial_params = runs.initial_params(model, lengths, checkpoint, prompt_regex, gin.query_parameter("%SEED"))
-  initial_prompt = the_prompt(initial_params)
   learned_params = runs.overlay_trained(initial_params, traverse_util.unflatten_dict(
       {checkpointing.PROMPT_PATH: prompt}), f"{prompt_dir}/numpy_checkpoints")
   _, frozen_params = train_state.split_params(initial_params, prompt_regex)
   examples = list(pipeline.get_task_dataset(task, lengths, "validation").take(NUM_SHOWN).as_numpy_iterator())
-  shown = {"no prompt": decode_examples(bare_model, frozen_params, examples, lengths["inputs"],
-                                        lengths["targets"], vocabulary),
-           "learned prompt": decode_examples(model, learned_params, examples, lengths["inputs"],
-                                             lengths["targets"], vocabulary)}
-  trainable, total = parameter_counts(model, lengths, prompt_regex)
-  embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
-  npy_path = checkpoint_io.save_prompt_npy(prompt, os.path.join(model_dir, PROMPT_NPY_FILE))
-  peft_path = checkpoint_io.save_peft_adapter(
-      prompt, os.path.join(model_dir, PEFT_DIR), num_layers=model.config.num_encoder_layers,
-      num_attention_heads=model.config.num_heads, prompt_tuning_init=PROMPT_INITS[args.prompt_init][1])
+  shown = {name: decode_examples(m, p, examples, lengths["inputs"], lengths["targets"], vocabulary)
+           for name, m, p in (("no prompt", bare_model, frozen_params), ("learned prompt", model, learned_params))}
+  written = {
+      "prompt (.npy)": checkpoint_io.save_prompt_npy(prompt, os.path.join(model_dir, PROMPT_NPY_FILE)),
+      "prompt (PEFT adapter)": checkpoint_io.save_peft_adapter(
+          prompt, os.path.join(model_dir, PEFT_DIR), num_layers=model.config.num_encoder_layers,
+          num_attention_heads=model.config.num_heads, prompt_tuning_init=PROMPT_INITS[args.prompt_init][1]),
+      "training metrics": os.path.join(prompt_dir, METRICS_FILE),
+      "operative gin config": os.path.join(prompt_dir, runs.CONFIG_FILE)}
 
-  finetune_dir, finetuned, finetune_counts, finetune_seconds = None, None, None, None
+  finetune_dir = None
+  results["model_finetune"] = None
   if args.model_finetune:
     finetune_dir = os.path.join(model_dir, MODEL_FINETUNE_DIR)
     print(f"demo: full fine-tuning for {train_steps} steps ...", flush=True)
     parse_demo_gin(model_finetune_gin(), _bindings(args, finetune_dir))
-    finetune_started = time.perf_counter()
-    gin.get_configurable(runs.train)()
-    finetune_seconds = time.perf_counter() - finetune_started
-    finetuned = final_validation(finetune_dir, train_steps)
-    finetune_counts = parameter_counts(gin.get_configurable(t5.Transformer)(), lengths, ".*")
+    results["model_finetune"], results["model_finetune_seconds"] = train_and_measure(finetune_dir)
+    results["model_finetune_steps_per_second"] = train_speed(finetune_dir)
+    results["model_finetune_trainable_parameters"] = parameter_counts(gin.get_configurable(t5.Transformer)(),
+                                                                      lengths, ".*")[0]
 
-  curves = plot_curves(os.path.join(model_dir, CURVES_FILE), prompt_dir, initial, no_prompt, with_prefix,
-                       accuracy_key, finetune_dir)
-  results = {
-      "task": task, "model": checkpoint, "train_steps": train_steps,
-      "prompt_init": args.prompt_init, "prompt_length": int(prompt.shape[0]),
-      "no_prompt": no_prompt, "initial_prompt": initial, "learned_prompt": learned, "with_prefix": with_prefix,
-      "model_finetune": finetuned, "trainable_parameters": trainable, "total_parameters": total,
-      "prompt_tuning_steps_per_second": train_speed(prompt_dir), "prompt_tuning_seconds": tuning_seconds,
-      "model_finetune_steps_per_second": train_speed(finetune_dir) if finetune_dir else None,
-      "model_finetune_seconds": finetune_seconds, "total_seconds": time.perf_counter() - started,
-  }
-  with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
+  written["curves"] = plot_curves(os.path.join(model_dir, CURVES_FILE), prompt_dir, results["initial_prompt"],
+                                  results["no_prompt"], results["with_prefix"], f"{task}/sequence_accuracy",
+                                  finetune_dir)
+  written["results"] = os.path.join(model_dir, RESULTS_FILE)
+  results["total_seconds"] = time.perf_counter() - started
+  with open(written["results"], "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
 
-  rows = [(f"with the '{prefixed_task.removeprefix('synthetic_')}:' prefix (reference)", with_prefix),
-          ("no prompt", no_prompt), (f"initial prompt ({args.prompt_init})", initial),
-          (f"learned prompt ({train_steps} steps)", learned),
-          (f"full fine-tuning ({train_steps} steps)", finetuned)]
-  num_examples = int(learned["num_examples"])
-  print(f"\n== {task}: validation, {num_examples} examples, inputs without the task prefix ==")
-  print("\n".join(format_table(rows, accuracy_key, token_key if token_key in learned else None)))
+  embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
+  print_report(results, examples, shown, describe_drift(the_prompt(initial_params), prompt, embedding, vocabulary),
+               written, model_dir)
+  return results
+
+
+def print_report(results: Mapping[str, Any], examples: Sequence[Mapping[str, Any]],
+                 shown: Mapping[str, Sequence[str]], prompt_lines: Sequence[str], written: Mapping[str, str],
+                 model_dir: str) -> None:
+  """Prints the results table, example predictions, the prompt's nearest tokens and where files went."""
+  task, steps = results["task"], results["train_steps"]
+  prefix = task.removeprefix("taskless_synthetic_")
+  rows = [(f"with the '{prefix}:' prefix (reference)", results["with_prefix"]),
+          ("no prompt", results["no_prompt"]), (f"initial prompt ({results['prompt_init']})", results["initial_prompt"]),
+          (f"learned prompt ({steps} steps)", results["learned_prompt"]),
+          (f"full fine-tuning ({steps} steps)", results["model_finetune"])]
+  accuracy_key, token_key = f"{task}/sequence_accuracy", f"{task}/token_accuracy"
+  print(f"\n== {task}: validation, {int(results['learned_prompt']['num_examples'])} examples, "
+        "inputs without the task prefix ==")
+  print("\n".join(format_table(rows, accuracy_key, token_key if token_key in results["learned_prompt"] else None)))
+  trainable, total = results["trainable_parameters"], results["total_parameters"]
   print(f"prompt tuning: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%), "
-        f"{results['prompt_tuning_steps_per_second']:.1f} steps/s, {tuning_seconds:.0f} s with compilation "
-        "and evaluations")
-  if finetune_counts:
-    print(f"full fine-tuning: {finetune_counts[0]:,} trainable of {finetune_counts[1]:,} parameters, "
-          f"{results['model_finetune_steps_per_second']:.1f} steps/s, {finetune_seconds:.0f} s")
-  print(f"\n== the first {NUM_SHOWN} validation examples, greedy decoding ==")
+        f"{results['prompt_tuning_steps_per_second']:.1f} steps/s, {results['prompt_tuning_seconds']:.0f} s with "
+        "compilation and evaluations")
+  if results["model_finetune"] is not None:
+    print(f"full fine-tuning: {results['model_finetune_trainable_parameters']:,} trainable parameters, "
+          f"{results['model_finetune_steps_per_second']:.1f} steps/s, {results['model_finetune_seconds']:.0f} s")
+  print(f"\n== the first {len(examples)} validation examples, greedy decoding ==")
   for row, example in enumerate(examples):
     print(f"  input {postprocessors.as_text(example['inputs_pretokenized'])!r:20s} target "
           f"{postprocessors.as_text(example['targets_pretokenized'])!r:18s} "
           + "  ".join(f"{name}: {predictions[row]!r:18s}" for name, predictions in shown.items()))
   print("\n== the learned prompt's nearest vocabulary tokens (cosine similarity to the input embeddings) ==")
-  print("\n".join(describe_drift(initial_prompt, prompt, embedding, vocabulary)))
+  print("\n".join(prompt_lines))
   print(f"\n== written to {model_dir} ==")
-  for what, path in (("prompt (.npy)", npy_path), ("prompt (PEFT adapter)", peft_path), ("curves", curves),
-                     ("results", os.path.join(model_dir, RESULTS_FILE)),
-                     ("training metrics", os.path.join(prompt_dir, METRICS_FILE)),
-                     ("operative gin config", os.path.join(prompt_dir, runs.CONFIG_FILE))):
+  for what, path in written.items():
     print(f"  {what:22s} {path}")
   print(f"demo: done in {results['total_seconds']:.0f} s")
-  return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
