@@ -5,13 +5,15 @@ r"""The offline demo: prompt-tune a small frozen T5 1.1 on a task it knows only 
 The packaged model (`demo_assets/`, made by scripts/pretrain_demo_model.sh) was pretrained on the synthetic
 tasks, each named by a prefix ("reverse: k d a f" -> "f a d k"). The demo's task gives the same inputs without
 the prefix, so the frozen model alone cannot know what is asked; a soft prompt, started from a task-agnostic
-init (sampled vocabulary or random uniform, never the prefix text), must learn to say it. Every stage runs
-through the project's own code paths, configured by the gin stack in `gin_configs/demo/prompt_tuning.gin`:
-`runs.evaluate` for the rows before training (no prompt; the initial prompt; the prefixed task for reference),
-`runs.train` (what `python -m prompt_tuning_jax.train` calls) for prompt tuning, and optionally for full
-fine-tuning. It prints a table of the measured results and the learned prompt's nearest vocabulary tokens, and
-writes to MODEL_DIR: the prompt (.npy and PEFT adapter), a loss/accuracy curve (PNG), results.json, and the
-runs' checkpoints, metrics.jsonl and config.gin. Re-running resumes; --fresh starts over.
+init (random uniform by default, or sampled vocabulary; never the prefix text), must learn to say it.
+
+Every stage runs through the project's own code paths, configured by the gin stack of `prompt_tuning_gin`
+(see gin_configs/demo/prompt_tuning.gin): `runs.evaluate` for the rows before training (no prompt; the initial
+prompt; the prefixed task for reference), `runs.train` (what `python -m prompt_tuning_jax.train` calls) for
+prompt tuning and, with --model_finetune, for full fine-tuning. It prints the measured results, example
+predictions and the learned prompt's nearest vocabulary tokens, and writes to MODEL_DIR: the prompt (.npy and
+PEFT adapter), a loss/accuracy curve (PNG), results.json, and each run's checkpoints, metrics.jsonl and
+config.gin. Re-running resumes a finished or interrupted run; --fresh starts over.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ PROMPT_NPY_FILE = "prompt.npy"
 PEFT_DIR = "peft_adapter"
 PROMPT_TUNING_DIR = "prompt_tuning"
 MODEL_FINETUNE_DIR = "model_finetune"
-# --prompt_init -> (gin file, PEFT's name for the init). Both are task-agnostic: no task text enters the prompt.
+# --prompt_init -> (gin file, PEFT's name for the init). Both are task-agnostic: no task text enters a prompt.
 PROMPT_INITS = {"sampled_vocab": ("prompts/from_sampled_vocab.gin", "SAMPLE_VOCAB"),
                 "uniform": ("prompts/from_uniform.gin", "RANDOM")}
 MODEL_GIN = "demo/t5_1_1_demo.gin"
@@ -65,23 +67,23 @@ def pretrained_checkpoint_path(assets_dir: str = ASSETS_DIR) -> str:
   found = sorted(e for e in (os.listdir(assets_dir) if os.path.isdir(assets_dir) else [])
                  if re.fullmatch(r"checkpoint_\d+", e) and os.path.isdir(os.path.join(assets_dir, e)))
   if len(found) != 1:
-    raise FileNotFoundError(f"{assets_dir} holds {len(found)} checkpoint_N directories ({found}), expected exactly "
-                            "one; restore it from git or rebuild it with scripts/pretrain_demo_model.sh")
+    raise FileNotFoundError(f"{assets_dir} holds {len(found)} checkpoint_N directories ({found}), expected "
+                            "exactly one; restore it from git or rebuild it: scripts/pretrain_demo_model.sh")
   return os.path.join(assets_dir, found[0])
 
 
 def export_pretrained(model_dir: str, assets_dir: str = ASSETS_DIR) -> str:
-  """Writes the latest checkpoint of the pretraining run in `model_dir` to `assets_dir` as a T5X legacy checkpoint.
+  """Writes the pretraining run's latest checkpoint in `model_dir` to `assets_dir` as a T5X legacy checkpoint.
 
   The run's operative config and final validation metrics go alongside (pretrain_config.gin,
   pretrain_metrics.json); the previous packaged checkpoint is replaced. Returns the checkpoint directory.
   """
   directory, step = runs.resolve_checkpoint(model_dir)
   params = checkpoint_io.load_t5x_orbax(directory)
-  validation = [line for line in read_metrics(model_dir) if line["split"] == "validation" and line["step"] == step]
+  validation = [m for m in read_metrics(model_dir) if m["split"] == "validation" and m["step"] == step]
   if not validation:
-    raise ValueError(f"{model_dir} has no validation metrics at step {step}; pretrain with an evaluation at the "
-                     "last step (scripts/pretrain_demo_model.sh does)")
+    raise ValueError(f"{model_dir} has no validation metrics at step {step}; pretrain with an evaluation at "
+                     "the last step (scripts/pretrain_demo_model.sh does)")
   os.makedirs(assets_dir, exist_ok=True)
   for entry in os.listdir(assets_dir):
     if re.fullmatch(r"checkpoint_\d+", entry):
@@ -94,12 +96,12 @@ def export_pretrained(model_dir: str, assets_dir: str = ASSETS_DIR) -> str:
 
 
 def prepare_model_dir(model_dir: str, fresh: bool) -> str:
-  """Creates MODEL_DIR (or reuses the demo's own, to resume); refuses to touch a directory the demo did not make."""
+  """Creates MODEL_DIR, or reuses the demo's own to resume; refuses a directory the demo did not make."""
   model_dir = os.path.abspath(model_dir)
   is_demo_dir = os.path.isfile(os.path.join(model_dir, MARKER_FILE))
   if os.path.isdir(model_dir) and os.listdir(model_dir) and not is_demo_dir:
-    raise ValueError(f"--model_dir {model_dir} exists and is not a demo run (no {MARKER_FILE}); pass an empty or "
-                     "new directory")
+    raise ValueError(f"--model_dir {model_dir} exists and is not a demo run (no {MARKER_FILE}); pass an "
+                     "empty or new directory")
   if fresh and is_demo_dir:
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
@@ -113,8 +115,8 @@ def parse_demo_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 
 
 def prompt_tuning_gin(prompt_init: str) -> list[str]:
-  """The demo's prompt-tuning stack: model size, prompt, its initializer, the paper's recipe (and the evaluation
-  of a prompt), the demo's task and settings."""
+  """The demo's prompt-tuning stack: model size, prompt, its initializer, the paper's recipe (and the
+  evaluation of a prompt), the demo's task and settings."""
   return [MODEL_GIN, "models/prompt.gin", PROMPT_INITS[prompt_init][0], "runs/prompt_finetune.gin",
           "runs/prompt_eval.gin", TASK_GIN, "demo/prompt_tuning.gin"]
 
@@ -142,8 +144,8 @@ def final_validation(model_dir: str, step: int) -> dict[str, float]:
   for entry in read_metrics(model_dir):
     if entry["split"] == "validation" and entry["step"] == step:
       return entry
-  raise ValueError(f"{model_dir}/{METRICS_FILE} has no validation metrics at step {step}: the run there was made "
-                   "with other settings; rerun with --fresh")
+  raise ValueError(f"{model_dir}/{METRICS_FILE} has no validation metrics at step {step}: the run there was "
+                   "made with other settings; rerun with --fresh")
 
 
 def train_speed(model_dir: str) -> float:
@@ -168,15 +170,15 @@ def the_prompt(params: Any) -> np.ndarray:
 
 def describe_drift(initial: np.ndarray, learned: np.ndarray, embedding: np.ndarray,
                    vocabulary: nearest_neighbors.Decoder, k: int = 3) -> list[str]:
-  """Per prompt row: the learned row's nearest tokens, and the initial row's nearest, to show where it moved."""
+  """Per prompt row: the learned row's nearest tokens, then the initial row's nearest, to show the drift."""
   start_ids, start_sims = nearest_neighbors.nearest_tokens(initial, embedding, k=1)
   lines = nearest_neighbors.describe_prompt(learned, embedding, vocabulary, k)
   return [f"{line}   (initially {vocabulary.decode([int(i)])!r} {s:.2f})"
           for line, i, s in zip(lines, start_ids[:, 0], start_sims[:, 0], strict=True)]
 
 
-def decode_examples(model: t5.Transformer, params: Any, examples: Sequence[Mapping[str, Any]], input_length: int,
-                    max_decode_length: int, vocabulary: seqio.Vocabulary) -> list[str]:
+def decode_examples(model: t5.Transformer, params: Any, examples: Sequence[Mapping[str, Any]],
+                    input_length: int, max_decode_length: int, vocabulary: seqio.Vocabulary) -> list[str]:
   """Greedy predictions, as text, for task examples (numpy dicts with 'inputs' tokens ending in EOS)."""
   tokens = np.zeros((len(examples), input_length), np.int32)  # [batch, input_length], 0-padded
   for row, example in enumerate(examples):
@@ -186,7 +188,8 @@ def decode_examples(model: t5.Transformer, params: Any, examples: Sequence[Mappi
 
 
 def plot_curves(path: str, prompt_dir: str, initial: Mapping[str, float], no_prompt: Mapping[str, float],
-                with_prefix: Mapping[str, float] | None, accuracy_key: str, finetune_dir: str | None = None) -> str:
+                with_prefix: Mapping[str, float] | None, accuracy_key: str,
+                finetune_dir: str | None = None) -> str:
   """Writes the train loss and validation exact match of the run(s) against their steps, as a PNG."""
   import matplotlib
 
@@ -234,17 +237,19 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float] | None]], accurac
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m prompt_tuning_jax.demo")
-  parser.add_argument("--model_dir", default="demo_run", help="where everything is written (default ./demo_run)")
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   prog="python -m prompt_tuning_jax.demo")
+  parser.add_argument("--model_dir", default="demo_run", help="where everything goes (default ./demo_run)")
   parser.add_argument("--fresh", action="store_true", help="delete a previous demo run in --model_dir first")
   parser.add_argument("--task", default="reverse", choices=sorted(synthetic.TARGET_FNS),
                       help="the synthetic task, given to the model without its prefix")
-  parser.add_argument("--prompt_init", default="sampled_vocab", choices=sorted(PROMPT_INITS))
+  parser.add_argument("--prompt_init", default="uniform", choices=sorted(PROMPT_INITS),
+                      help="uniform: random in [-0.5, 0.5]; sampled_vocab: embeddings of random tokens")
   parser.add_argument("--pretrained", default=None,
                       help="the frozen model's checkpoint (default: the packaged one in demo_assets/)")
-  parser.add_argument("--prompt_length", type=int, default=None, help="default: PROMPT_LENGTH of the demo gin (20)")
-  parser.add_argument("--train_steps", type=int, default=None, help="default: TRAIN_STEPS of the demo gin (300)")
-  parser.add_argument("--eval_period", type=int, default=None, help="default: EVAL_PERIOD of the demo gin (50)")
+  parser.add_argument("--prompt_length", type=int, default=None, help="default: the gin's PROMPT_LENGTH, 20")
+  parser.add_argument("--train_steps", type=int, default=None, help="default: the gin's TRAIN_STEPS, 300")
+  parser.add_argument("--eval_period", type=int, default=None, help="default: the gin's EVAL_PERIOD, 50")
   parser.add_argument("--eval_examples", type=int, default=None,
                       help="validation examples per evaluation (default: all 500)")
   parser.add_argument("--model_finetune", action="store_true",
@@ -256,8 +261,10 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 
 def _bindings(args: argparse.Namespace, model_dir: str) -> list[str]:
   """The flags as gin bindings, stacked after the demo gin files."""
-  bindings = [f"MODEL_DIR = {model_dir!r}", f"MIXTURE_OR_TASK_NAME = {synthetic.task_name(args.task, taskless=True)!r}",
-              f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(args.pretrained or pretrained_checkpoint_path())!r}"]
+  task = synthetic.task_name(args.task, taskless=True)
+  checkpoint = os.path.abspath(args.pretrained or pretrained_checkpoint_path())
+  bindings = [f"MODEL_DIR = {model_dir!r}", f"MIXTURE_OR_TASK_NAME = {task!r}",
+              f"INITIAL_CHECKPOINT_PATH = {checkpoint!r}"]
   for macro, value in (("PROMPT_LENGTH", args.prompt_length), ("TRAIN_STEPS", args.train_steps),
                        ("EVAL_PERIOD", args.eval_period), ("EVAL_NUM_EXAMPLES", args.eval_examples)):
     if value is not None:
@@ -267,13 +274,14 @@ def _bindings(args: argparse.Namespace, model_dir: str) -> list[str]:
   return bindings + list(args.gin_bindings)
 
 
-def evaluate_before(model_dir: str, bare_model: t5.Transformer, task: str) -> dict[str, dict[str, float] | None]:
+def evaluate_before(model_dir: str, bare_model: t5.Transformer,
+                    task: str) -> dict[str, dict[str, float] | None]:
   """`runs.evaluate` (as gin configures it) of the frozen model before training, on the validation split.
 
   Returns:
-    {"no_prompt": the model alone, "initial_prompt": with the prompt training starts from, "with_prefix": the
-    model alone on the same inputs with their task prefix (the upper bound of what it can do when told the task),
-    keyed as the taskless task's metrics; None if `task` has no prefixed twin}.
+    {"no_prompt": the model alone, "initial_prompt": with the prompt training starts from, "with_prefix":
+    the model alone on the same inputs with their task prefix (what it can do when told the task), keyed as
+    the taskless task's metrics; None if `task` has no prefixed twin}.
   """
   evaluate = gin.get_configurable(runs.evaluate)
   results: dict[str, dict[str, float] | None] = {
@@ -284,12 +292,13 @@ def evaluate_before(model_dir: str, bare_model: t5.Transformer, task: str) -> di
   if prefixed != task:
     reference = evaluate(model=bare_model, mixture_or_task_name=prefixed,
                          output_dir=os.path.join(model_dir, "eval_with_prefix"))
-    results["with_prefix"] = {name.replace(f"{prefixed}/", f"{task}/"): value for name, value in reference.items()}
+    results["with_prefix"] = {name.replace(f"{prefixed}/", f"{task}/"): value
+                              for name, value in reference.items()}
   return results
 
 
 def train_and_measure(model_dir: str) -> tuple[dict[str, float], float]:
-  """`runs.train` (as gin configures it; resumes a finished or partial run) -> (final validation metrics, seconds)."""
+  """`runs.train` as gin configures it (resuming a previous run) -> (final validation metrics, seconds)."""
   started = time.perf_counter()
   gin.get_configurable(runs.train)()
   seconds = time.perf_counter() - started
@@ -320,7 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   print(f"demo: prompt tuning for {train_steps} steps ...", flush=True)
   results["learned_prompt"], results["prompt_tuning_seconds"] = train_and_measure(prompt_dir)
   results["prompt_tuning_steps_per_second"] = train_speed(prompt_dir)
-  results["trainable_parameters"], results["total_parameters"] = parameter_counts(model, lengths, prompt_regex)
+  results["trainable_parameters"], results["total_parameters"] = parameter_counts(model, lengths,
+                                                                                  prompt_regex)
   prompt = checkpointing.read_step_prompt(prompt_dir, train_steps)
   results["prompt_length"] = int(prompt.shape[0])
   initial_params = runs.initial_params(model, lengths, checkpoint, prompt_regex, gin.query_parameter("%SEED"))
@@ -329,7 +339,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   _, frozen_params = train_state.split_params(initial_params, prompt_regex)
   examples = list(pipeline.get_task_dataset(task, lengths, "validation").take(NUM_SHOWN).as_numpy_iterator())
   shown = {name: decode_examples(m, p, examples, lengths["inputs"], lengths["targets"], vocabulary)
-           for name, m, p in (("no prompt", bare_model, frozen_params), ("learned prompt", model, learned_params))}
+           for name, m, p in (("no prompt", bare_model, frozen_params),
+                              ("learned prompt", model, learned_params))}
   written = {
       "prompt (.npy)": checkpoint_io.save_prompt_npy(prompt, os.path.join(model_dir, PROMPT_NPY_FILE)),
       "prompt (PEFT adapter)": checkpoint_io.save_peft_adapter(
@@ -358,8 +369,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     json.dump(results, f, indent=2, sort_keys=True)
 
   embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
-  print_report(results, examples, shown, describe_drift(the_prompt(initial_params), prompt, embedding, vocabulary),
-               written, model_dir)
+  drift = describe_drift(the_prompt(initial_params), prompt, embedding, vocabulary)
+  print_report(results, examples, shown, drift, written, model_dir)
   return results
 
 
@@ -370,20 +381,23 @@ def print_report(results: Mapping[str, Any], examples: Sequence[Mapping[str, Any
   task, steps = results["task"], results["train_steps"]
   prefix = task.removeprefix("taskless_synthetic_")
   rows = [(f"with the '{prefix}:' prefix (reference)", results["with_prefix"]),
-          ("no prompt", results["no_prompt"]), (f"initial prompt ({results['prompt_init']})", results["initial_prompt"]),
+          ("no prompt", results["no_prompt"]),
+          (f"initial prompt ({results['prompt_init']})", results["initial_prompt"]),
           (f"learned prompt ({steps} steps)", results["learned_prompt"]),
           (f"full fine-tuning ({steps} steps)", results["model_finetune"])]
   accuracy_key, token_key = f"{task}/sequence_accuracy", f"{task}/token_accuracy"
   print(f"\n== {task}: validation, {int(results['learned_prompt']['num_examples'])} examples, "
         "inputs without the task prefix ==")
-  print("\n".join(format_table(rows, accuracy_key, token_key if token_key in results["learned_prompt"] else None)))
+  has_token_accuracy = token_key in results["learned_prompt"]  # only sequence outputs have one
+  print("\n".join(format_table(rows, accuracy_key, token_key if has_token_accuracy else None)))
   trainable, total = results["trainable_parameters"], results["total_parameters"]
   print(f"prompt tuning: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%), "
-        f"{results['prompt_tuning_steps_per_second']:.1f} steps/s, {results['prompt_tuning_seconds']:.0f} s with "
-        "compilation and evaluations")
+        f"{results['prompt_tuning_steps_per_second']:.1f} steps/s, "
+        f"{results['prompt_tuning_seconds']:.0f} s with compilation and evaluations")
   if results["model_finetune"] is not None:
     print(f"full fine-tuning: {results['model_finetune_trainable_parameters']:,} trainable parameters, "
-          f"{results['model_finetune_steps_per_second']:.1f} steps/s, {results['model_finetune_seconds']:.0f} s")
+          f"{results['model_finetune_steps_per_second']:.1f} steps/s, "
+          f"{results['model_finetune_seconds']:.0f} s")
   print(f"\n== the first {len(examples)} validation examples, greedy decoding ==")
   for row, example in enumerate(examples):
     print(f"  input {postprocessors.as_text(example['inputs_pretokenized'])!r:20s} target "

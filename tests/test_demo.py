@@ -1,4 +1,4 @@
-"""The offline demo: its packaged model, its gin stack, its MODEL_DIR handling and plots, and one short run end to end."""
+"""The offline demo: its packaged model, gin stack, MODEL_DIR handling, plot, and a short run end to end."""
 
 import json
 import os
@@ -33,9 +33,10 @@ def packaged_model():
 
 def _exact_match(model, params, task: str) -> float:
   """Greedy exact match (%) on the first NUM_EXAMPLES validation examples of a synthetic task."""
-  examples = list(pipeline.get_task_dataset(task, LENGTHS, "validation").take(NUM_EXAMPLES).as_numpy_iterator())
-  vocabulary = vocab.synthetic_vocabulary()
-  predictions = demo.decode_examples(model, params, examples, LENGTHS["inputs"], LENGTHS["targets"], vocabulary)
+  examples = pipeline.get_task_dataset(task, LENGTHS, "validation").take(NUM_EXAMPLES).as_numpy_iterator()
+  examples = list(examples)
+  predictions = demo.decode_examples(model, params, examples, LENGTHS["inputs"], LENGTHS["targets"],
+                                     vocab.synthetic_vocabulary())
   targets = [ex["targets_pretokenized"].decode() for ex in examples]
   return 100.0 * np.mean([p == t for p, t in zip(predictions, targets, strict=True)])
 
@@ -43,11 +44,13 @@ def _exact_match(model, params, task: str) -> float:
 def test_packaged_checkpoint_matches_the_demo_model_config(packaged_model):
   model, _ = packaged_model
   _, inferred = checkpoint_io.load_params(demo.pretrained_checkpoint_path())
-  checkpoint_io.check_config(model.config, inferred, demo.pretrained_checkpoint_path())  # raises on a mismatch
+  # Raises on a mismatch.
+  checkpoint_io.check_config(model.config, inferred, demo.pretrained_checkpoint_path())
 
 
 def test_packaged_checkpoint_is_small():
-  size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(demo.ASSETS_DIR) for f in files)
+  size = sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(demo.ASSETS_DIR) for name in names)
   assert size < 10 * 2**20
 
 
@@ -123,7 +126,7 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((model_dir / demo.RESULTS_FILE).read_text())
   accuracy = f"{results['task']}/sequence_accuracy"
-  assert results["learned_prompt"][accuracy] >= results["no_prompt"][accuracy] + 30.0
+  assert results["learned_prompt"][accuracy] >= results["no_prompt"][accuracy] + 50.0
   assert results["learned_prompt"]["loss"] < results["initial_prompt"]["loss"]
   assert np.load(model_dir / demo.PROMPT_NPY_FILE, allow_pickle=False).shape == (20, 128)
   assert (model_dir / demo.PEFT_DIR / "adapter_model.safetensors").is_file()
