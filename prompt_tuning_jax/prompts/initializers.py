@@ -125,7 +125,7 @@ def from_file(path: str | os.PathLike) -> Callable[..., Array]:
 
 
 def init_missing_params(model: nn.Module, params: Any, rng: Array, encoder_length: int = 8,
-                        decoder_length: int = 4) -> Any:
+                        decoder_length: int = 4, *, out_shardings: Any = None, donate_params: bool = False) -> Any:
   """Creates every parameter of `model` missing from `params` with its initializer, keeping the given ones.
 
   Used after a partial restore: the frozen model comes from a checkpoint, and the prompt is then initialized
@@ -136,6 +136,10 @@ def init_missing_params(model: nn.Module, params: Any, rng: Array, encoder_lengt
     params: the (unboxed) parameter tree restored so far.
     rng: PRNG key for the missing parameters' initializers.
     encoder_length, decoder_length: dummy input lengths for the tracing call; any positive values work.
+    out_shardings: shardings of the complete tree (e.g. from the logical axis rules), so a model too large for
+      one device is created where it will live; None: jax's default placement.
+    donate_params: hand the buffers of `params` to the result instead of copying them (they are deleted), so
+      the restored model is not held twice while the missing parameters are created.
 
   Returns:
     The complete, unboxed parameter tree.
@@ -148,4 +152,5 @@ def init_missing_params(model: nn.Module, params: Any, rng: Array, encoder_lengt
                                rngs={"params": rng}, mutable=["params"])
     return nn.meta.unbox(variables["params"])
 
-  return jax.jit(fill)(params)
+  placement = {} if out_shardings is None else {"out_shardings": out_shardings}
+  return jax.jit(fill, donate_argnums=0 if donate_params else (), **placement)(params)

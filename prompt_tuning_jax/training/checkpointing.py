@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from flax import traverse_util
 
 from prompt_tuning_jax.checkpoints import prompt_files
@@ -26,6 +28,11 @@ from prompt_tuning_jax.training.train_state import TrainState
 STATE_ITEM = "state"
 INPUT_POSITION_ITEM = "input_position"
 PROMPT_PATH = ("encoder", "prompt", "prompt", "prompt")
+
+
+def absolute_dir(path: str) -> str:
+  """A local path made absolute; a URL such as gs://bucket/run (orbax and tf.io.gfile write there) kept as is."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 def _as_tree(state: TrainState) -> dict[str, Any]:
@@ -52,7 +59,7 @@ class Checkpoints:
       raise ValueError(f"keep_checkpoints must be at least 1 (or None for all), got {keep}")
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
-    self.model_dir = os.path.abspath(model_dir)
+    self.model_dir = absolute_dir(model_dir)
     self.best_metric = best_metric
     self._export_peft = dict(export_peft) if export_peft is not None else None
     policies = [ocp.checkpoint_managers.LatestN(keep)]
@@ -101,12 +108,8 @@ class Checkpoints:
     if PROMPT_PATH not in flat:  # full fine-tuning and pretraining have no prompt
       return
     prompt = partitioning.fetch(flat[PROMPT_PATH])  # replicated: every process can read it
-    if jax.process_index() != 0:
-      return
-    prompt_files.export_numpy_checkpoint(prompt, self.model_dir, step)
-    if self._export_peft is not None:
-      directory = os.path.join(self.model_dir, "peft_adapters", f"checkpoint_{step}")
-      prompt_files.save_peft_adapter(prompt, directory, **self._export_peft)
+    if jax.process_index() == 0:
+      export_prompt(prompt, self.model_dir, step, self._export_peft)
 
   def check_compatible(self, step: int, abstract_state: TrainState) -> None:
     """Raises one line if checkpoint `step` cannot be restored into `abstract_state` (other model or prompt)."""
@@ -140,6 +143,30 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.close()
 
+
+def export_prompt(prompt: np.ndarray, model_dir: str, step: int, peft: Mapping[str, Any] | None = None) -> None:
+  """Writes the prompt [P, embed] of `step` as MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
+  and, given `peft` (`prompt_files.save_peft_adapter` keyword arguments), MODEL_DIR/peft_adapters/checkpoint_N/.
+
+  `prompt_files` writes local files; for a URL MODEL_DIR (gs://) they are written to a local staging directory and
+  copied there with `tf.io.gfile`.
+  """
+  if "://" not in model_dir:
+    _write_prompt_exports(prompt, model_dir, step, peft)
+    return
+  with tempfile.TemporaryDirectory(prefix="prompt_export_") as staging:
+    _write_prompt_exports(prompt, staging, step, peft)
+    for directory, _, names in os.walk(staging):
+      for name in names:
+        target = os.path.join(model_dir, os.path.relpath(os.path.join(directory, name), staging))
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(os.path.join(directory, name), target, overwrite=True)
+
+
+def _write_prompt_exports(prompt: np.ndarray, model_dir: str, step: int, peft: Mapping[str, Any] | None) -> None:
+  prompt_files.export_numpy_checkpoint(prompt, model_dir, step)
+  if peft is not None:
+    prompt_files.save_peft_adapter(prompt, os.path.join(model_dir, "peft_adapters", f"checkpoint_{step}"), **peft)
 
 
 def read_step_prompt(model_dir: str, step: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Where training reports go: MODEL_DIR/metrics.jsonl, TensorBoard events, and a progress bar.
 
-Only process 0 writes; other processes get disabled writers so the loop can call them unconditionally.
+Only process 0 writes; other processes get disabled writers so the loop can call them unconditionally. Files go
+through `tf.io.gfile`, so MODEL_DIR may be a local path or a bucket (gs://), as in t5x.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+import tensorflow as tf
 import tqdm
 from clu import metric_writers
 
@@ -41,7 +43,7 @@ class MetricsWriter:
     line = {"step": int(step), "split": split}
     # JSON has no NaN/Infinity; write them as strings so every line parses.
     line.update({name: value if math.isfinite(value) else str(value) for name, value in values.items()})
-    with open(os.path.join(self._model_dir, METRICS_FILE), "a") as f:
+    with tf.io.gfile.GFile(os.path.join(self._model_dir, METRICS_FILE), "a") as f:
       f.write(json.dumps(line) + "\n")
     writer = self._summary_writer(split)
     writer.write_scalars(int(step), values)

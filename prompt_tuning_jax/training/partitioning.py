@@ -163,9 +163,16 @@ def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_
 
 
 def put_global(tree: Any, shardings: Any) -> Any:
-  """Host values every process holds in full (numpy or single-device arrays) -> global arrays with `shardings`."""
+  """Host values every process holds in full (numpy or single-device arrays) -> global arrays with `shardings`.
+
+  Each process copies only the shards its own devices hold, so no device ever sees a whole array. Leaves that
+  are already global arrays with their sharding (e.g. from `runs.initial_params` on this mesh) are kept as they
+  are, never gathered.
+  """
 
   def put(value, sharding):
+    if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding, value.ndim):
+      return value
     value = np.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 

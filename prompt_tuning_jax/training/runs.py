@@ -11,22 +11,24 @@ import functools
 import importlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 import seqio
+import tensorflow as tf
 from flax import traverse_util
+from jax.sharding import Mesh
 
 from prompt_tuning_jax import checkpoints as checkpoint_io
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.data import pipeline, tasks
 from prompt_tuning_jax.training import (
+    checkpointing,
     evaluation,
     input_pipeline,
     losses,
@@ -34,7 +36,6 @@ from prompt_tuning_jax.training import (
     train_state,
     trainer,
 )
-from prompt_tuning_jax.training.checkpointing import Checkpoints
 from prompt_tuning_jax.training.metrics_writer import MetricsWriter
 
 PyTree = Any
@@ -79,22 +80,31 @@ def _check_regex(regex: str | None, what: str) -> None:
 
 
 def check_writable_dir(path: str, what: str = "MODEL_DIR") -> str:
-  """Creates `path` if needed and proves it writable; returns its absolute form."""
+  """Creates `path` (local, or a gs:// bucket path) if needed and proves it writable; returns its absolute form."""
   if not path:
     raise ValueError(f"{what} is empty; pass --gin.{what}=\"'/path/to/dir'\"")
-  path = os.path.abspath(os.path.expanduser(path))
+  path = checkpointing.absolute_dir(os.path.expanduser(path))
+  probe = os.path.join(path, f".write_test_{os.getpid()}_{jax.process_index()}")
   try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-      pass
-  except OSError as e:
-    raise ValueError(f"{what} {path} is not writable ({e.strerror}); pass a directory you can write to") from None
+    tf.io.gfile.makedirs(path)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("probe")  # gfile creates the file at the first write only
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = e.message if isinstance(e, tf.errors.OpError) else e.strerror
+    raise ValueError(f"{what} {path} is not writable ({reason}); pass a directory you can write to") from None
   return path
 
 
-def _dummy_inputs(task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, jax.Array]:
-  return (jnp.ones((1, task_feature_lengths["inputs"]), jnp.int32),
-          jnp.ones((1, task_feature_lengths["targets"]), jnp.int32))
+def _write_text(path: str, text: str) -> None:
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
+
+
+def _dummy_inputs(task_feature_lengths: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  # Host values: every process of a multi-host job holds the same ones, as a jit over the whole mesh needs.
+  return (np.ones((1, task_feature_lengths["inputs"]), np.int32),
+          np.ones((1, task_feature_lengths["targets"]), np.int32))
 
 
 def abstract_params(model: nn.Module, task_feature_lengths: Mapping[str, int]) -> tuple[PyTree, PyTree]:
@@ -105,9 +115,20 @@ def abstract_params(model: nn.Module, task_feature_lengths: Mapping[str, int]) -
   return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
+def _subtree(tree: PyTree, like: PyTree) -> PyTree:
+  """The leaves of `tree` at the paths of `like`'s leaves."""
+  flat = traverse_util.flatten_dict(tree)
+  return traverse_util.unflatten_dict({path: flat[path] for path in traverse_util.flatten_dict(like)})
+
+
 def initial_params(model: nn.Module, task_feature_lengths: Mapping[str, int], initial_checkpoint_path: str | None,
-                   initialize_regex: str | None, seed: int) -> PyTree:
+                   initialize_regex: str | None, seed: int, *, mesh: Mesh | None = None,
+                   rules: partitioning.LogicalRules | None = None) -> PyTree:
   """The complete parameter tree before training: INITIAL_CHECKPOINT_PATH's arrays plus freshly initialized ones.
+
+  With a `mesh`, every parameter is built straight into its logical sharding, so no device ever holds the whole
+  model (T5 1.1 xxl is 44 GB in float32): each process copies only its devices' shards of the checkpoint's host
+  arrays, and the initializers run under jit with the mesh shardings as out_shardings.
 
   Args:
     model: the `Transformer`.
@@ -116,20 +137,35 @@ def initial_params(model: nn.Module, task_feature_lengths: Mapping[str, int], in
     initialize_regex: parameters whose path fully matches it come from their initializers, not the checkpoint
       (the prompt); the initializers see the restored token embedding.
     seed: seed of the initializers.
+    mesh: the device mesh the parameters go to, or None for jax's default device (small models, tools).
+    rules: logical axis -> mesh axis (default `partitioning.standard_logical_axis_rules()`); only with `mesh`.
+
+  Returns:
+    The unboxed parameter tree: global arrays with the logical shardings on `mesh`, or arrays on one device.
+    The values do not depend on the mesh.
   """
   rng = jax.random.PRNGKey(seed)
   inputs, targets = _dummy_inputs(task_feature_lengths)
+  expected, param_axes = abstract_params(model, task_feature_lengths)
+  shardings = None
+  if mesh is not None:
+    shardings = partitioning.logical_shardings(param_axes, mesh,
+                                               rules or partitioning.standard_logical_axis_rules())
   if initial_checkpoint_path is None:
-    variables = jax.jit(functools.partial(model.init, enable_dropout=False))(rng, inputs, targets, targets)
-    return nn.meta.unbox(variables["params"])
+    init = lambda rng: nn.meta.unbox(model.init(rng, inputs, targets, targets, enable_dropout=False)["params"])
+    return jax.jit(init, **({} if shardings is None else {"out_shardings": shardings}))(rng)
   if "://" not in initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist; pass a T5X "
                             "checkpoint_N or Hugging Face T5 1.1 directory (or None for a random model)")
-  expected, _ = abstract_params(model, task_feature_lengths)
   loaded, inferred = checkpoint_io.load_params(initial_checkpoint_path)
   checkpoint_io.check_config(model.config, inferred, initial_checkpoint_path)
   frozen = checkpoint_io.merge_frozen(expected, loaded, initial_checkpoint_path, skip_regex=initialize_regex)
-  return prompts.init_missing_params(model, frozen, rng, inputs.shape[1], targets.shape[1])
+  del loaded
+  if shardings is not None:
+    frozen = partitioning.put_global(frozen, _subtree(shardings, frozen))
+  # Donated on the mesh: the restored arrays become the result's, not copied beside it.
+  return prompts.init_missing_params(model, frozen, rng, inputs.shape[1], targets.shape[1],
+                                     out_shardings=shardings, donate_params=shardings is not None)
 
 
 def _check_lengths(model: nn.Module, expected_params: PyTree, task_feature_lengths: Mapping[str, int],
@@ -221,7 +257,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
                                     seed=seed, shard_id=shard_id, num_shards=num_shards, num_epochs=None)
   description = f"split '{train_split}' of {mixture_or_task_name}"
   input_pipeline.check_not_empty(train_data, host_batch_size, description)
-  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed)
+  params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed, mesh=mesh,
+                          rules=rules)
   train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
                                                                   description)
   evaluate = None
@@ -234,14 +271,14 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   if export_peft:
     peft = {"num_layers": model.config.num_encoder_layers, "num_attention_heads": model.config.num_heads,
             "base_model_name_or_path": initial_checkpoint_path}
-  checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, best_metric=best_metric if evaluate else None,
-                            best_mode=best_mode, export_peft=peft, async_save=async_checkpointing)
+  checkpoints = checkpointing.Checkpoints(model_dir, keep=keep_checkpoints,
+                                         best_metric=best_metric if evaluate else None, best_mode=best_mode,
+                                         export_peft=peft, async_save=async_checkpointing)
   chief = jax.process_index() == 0
   writer = MetricsWriter(model_dir, enabled=chief)
   config_text = gin.operative_config_str()
   if chief:
-    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-      f.write(config_text)
+    _write_text(os.path.join(model_dir, CONFIG_FILE), config_text)
     writer.write_text(0, "train", "config", config_text)
   try:
     state, _ = trainer.train(
@@ -258,12 +295,14 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
 
 def resolve_checkpoint(checkpoint_path: str) -> tuple[str, int]:
   """A `checkpoint_N` directory, or a MODEL_DIR whose latest `checkpoint_N` is meant -> (directory, N)."""
-  path = os.path.abspath(checkpoint_path)
-  name = os.path.basename(path.rstrip("/"))
-  if (match := re.fullmatch(r"checkpoint_(\d+)", name)) and os.path.isdir(path):
+  path = checkpointing.absolute_dir(checkpoint_path).rstrip("/")
+  name = os.path.basename(path)
+  is_dir = tf.io.gfile.isdir(path)
+  if (match := re.fullmatch(r"checkpoint_(\d+)", name)) and is_dir:
     return path, int(match.group(1))
-  steps = sorted(int(m.group(1)) for entry in (os.listdir(path) if os.path.isdir(path) else [])
-                 if (m := re.fullmatch(r"checkpoint_(\d+)", entry)))
+  # gfile lists a bucket's subdirectories with a trailing '/'.
+  steps = sorted(int(m.group(1)) for entry in (tf.io.gfile.listdir(path) if is_dir else [])
+                 if (m := re.fullmatch(r"checkpoint_(\d+)", entry.rstrip("/"))))
   if not steps:
     raise FileNotFoundError(f"CHECKPOINT_PATH {checkpoint_path} is neither a checkpoint_N directory nor a "
                             "MODEL_DIR holding one; pass the directory a training run saved")
@@ -324,23 +363,23 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
     directory, step = resolve_checkpoint(checkpoint_path)
     trained = checkpoint_io.load_t5x_orbax(directory)
     overlay_trained(expected, trained, directory)  # checks shapes before any initialization work
-  params = overlay_trained(initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex,
-                                          seed), trained, checkpoint_path)
   mesh = partitioning.create_mesh(num_partitions, mesh_shape)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+  params = overlay_trained(initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex,
+                                          seed, mesh=mesh, rules=rules), trained, checkpoint_path)
   evaluate_fn = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh,
                                          global_batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
                                          task_feature_lengths=task_feature_lengths, split=split,
                                          num_examples=num_examples, decode_metrics=decode_metrics)
   with partitioning.mesh_context(mesh, rules):
+    # Places the trained arrays from CHECKPOINT_PATH; the initial ones are already on the mesh.
     params = partitioning.put_global(params, partitioning.logical_shardings(param_axes, mesh, rules))
     metrics = evaluate_fn({}, params)
   writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0)
   try:
     writer.write_scalars(step, split, metrics)
     if jax.process_index() == 0:
-      with open(os.path.join(output_dir, EVAL_CONFIG_FILE), "w") as f:
-        f.write(gin.operative_config_str())
+      _write_text(os.path.join(output_dir, EVAL_CONFIG_FILE), gin.operative_config_str())
   finally:
     writer.close()
   return metrics

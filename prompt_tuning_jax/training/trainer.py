@@ -39,7 +39,9 @@ def place_params(params: PyTree, param_axes: PyTree, trainable_regex: str, mesh:
   """Splits `params` by `trainable_regex` and puts both parts on the mesh.
 
   Args:
-    params: the complete (unboxed) parameter tree, host arrays every process holds in full.
+    params: the complete (unboxed) parameter tree: global arrays already on `mesh` with their logical
+      shardings (`runs.initial_params(..., mesh=mesh)`, the way for models too large for one device), which stay
+      where they are, or host arrays every process holds in full.
     param_axes: the same tree of logical `PartitionSpec`s (`nn.get_partition_spec` of the boxed init).
     trainable_regex: PROMPT_REGEX; see `train_state.split_params`.
     mesh, rules: where and how parameters are laid out.
@@ -92,7 +94,9 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
 
   Args:
     model: the `Transformer`.
-    params, param_axes: see `place_params`.
+    params, param_axes: see `place_params`. Global arrays given here are consumed: the trainable ones are
+      donated to the initial train state (or deleted when a checkpoint replaces them), so the caller's tree
+      holds no second copy of a fully trained model.
     trainable_regex: PROMPT_REGEX.
     optimizer: an optax transformation (see `optimizers`), wrapped in `optimizers.trainable_only`.
     loss_config: z-loss, label smoothing, normalization.
@@ -125,17 +129,20 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
   optimizer = optimizers.trainable_only(optimizer, trainable_regex)
   with partitioning.mesh_context(mesh, rules):
     trainable, frozen, trainable_shardings = place_params(params, param_axes, trainable_regex, mesh, rules)
-    del params  # the host copy; the mesh holds the parameters now
+    del params  # the mesh holds the parameters now
     shardings = state_shardings(optimizer, trainable, trainable_shardings, mesh)
     input_position = json.loads(json.dumps(dict(input_position)))  # as a checkpoint stores it
     latest = checkpoints.latest_step()
     if latest is None:
-      state = jax.jit(functools.partial(_init_state, optimizer), out_shardings=shardings)(trainable)
+      state = jax.jit(functools.partial(_init_state, optimizer), out_shardings=shardings,
+                      donate_argnums=0)(trainable)
     else:
       abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     jax.eval_shape(functools.partial(_init_state, optimizer), trainable), shardings)
       state, saved_position = checkpoints.restore(latest, abstract_state)
       _check_resumable(saved_position, input_position, checkpoints.model_dir, latest)
+      for initial in jax.tree.leaves(trainable):
+        initial.delete()  # the checkpoint's values replace them; the caller may still hold references
     del trainable
     start_step = int(partitioning.fetch(state.step))
     train_step = jax.jit(steps.make_train_step(model, optimizer, loss_config, dropout_seed),
