@@ -66,7 +66,8 @@ def test_parameter_shapes_follow_t5x_layout():
 
 
 def test_every_parameter_has_logical_axes():
-  variables = _prompted().init(jax.random.PRNGKey(0), *_batch(), enable_dropout=False)
+  model = _prompted()
+  variables = jax.jit(functools.partial(model.init, enable_dropout=False))(jax.random.PRNGKey(0), *_batch())
   specs = flax.traverse_util.flatten_dict(nn.get_partition_spec(variables)["params"], sep="/")
   shapes = flax.traverse_util.flatten_dict(nn.meta.unbox(variables)["params"], sep="/")
   for path, spec in specs.items():
@@ -193,10 +194,11 @@ def test_dropout_is_active_only_when_enabled():
   model = _prompted(TINY.replace(dropout_rate=0.3))
   batch = _batch()
   params = _init(model, batch)
-  det1 = model.apply({"params": params}, *batch, enable_dropout=False)
-  det2 = model.apply({"params": params}, *batch, enable_dropout=False)
+  apply = jax.jit(model.apply, static_argnames="enable_dropout")
+  det1 = apply({"params": params}, *batch, enable_dropout=False)
+  det2 = apply({"params": params}, *batch, enable_dropout=False)
   np.testing.assert_array_equal(det1, det2)
-  drop = model.apply({"params": params}, *batch, enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  drop = apply({"params": params}, *batch, enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(3)})
   assert not np.allclose(det1, drop)
 
 
