@@ -145,7 +145,8 @@ class MultiHeadAttention(nn.Module):
 
   With `decode=True` the module keeps `cached_key`, `cached_value` [batch, max_length, heads, kv] and `cache_index`
   in the 'cache' collection (t5x's protocol): the first call (all positions) only sizes the cache, each later call
-  processes one new position.
+  processes one new position. With `cache_kv=True` (cross-attention while decoding) the projected keys and values
+  of the fixed `inputs_kv` are computed once, on the first call, and read from the cache afterwards.
   """
 
   num_heads: int
@@ -156,7 +157,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None,
-               decode: bool = False) -> Array:
+               decode: bool = False, cache_kv: bool = False) -> Array:
     """Attends `inputs_q` [batch, q, embed] over `inputs_kv` [batch, k, embed].
 
     Args:
@@ -164,6 +165,7 @@ class MultiHeadAttention(nn.Module):
       bias: [1|batch, heads, q, k] added to the logits (relative positions); in decode mode the full
         [1, heads, max_length, max_length] table, sliced here at the current position.
       decode: self-attention with the KV cache (one query position per call after the first).
+      cache_kv: keep the projections of `inputs_kv` in the cache (they do not change between decoding steps).
 
     Returns:
       [batch, q, embed].
@@ -173,10 +175,16 @@ class MultiHeadAttention(nn.Module):
     # T5X folds 1/sqrt(head_dim) into the query kernel's init instead of scaling the logits.
     query_init = nn.initializers.variance_scaling(1.0 / self.head_dim, "fan_in", "truncated_normal")
     query = Dense(joined, ("embed", "joined_kv"), kernel_init=query_init, dtype=self.dtype, name="query")(inputs_q)
-    key = Dense(joined, ("embed", "joined_kv"), dtype=self.dtype, name="key")(inputs_kv)
-    value = Dense(joined, ("embed", "joined_kv"), dtype=self.dtype, name="value")(inputs_kv)
     split = lambda x: x.reshape(*x.shape[:2], self.num_heads, self.head_dim)
-    query, key, value = split(query), split(key), split(value)  # [batch, len, heads, kv]
+    if cache_kv and self.has_variable("cache", "projected_key"):
+      key, value = self.get_variable("cache", "projected_key"), self.get_variable("cache", "projected_value")
+    else:
+      key = split(Dense(joined, ("embed", "joined_kv"), dtype=self.dtype, name="key")(inputs_kv))
+      value = split(Dense(joined, ("embed", "joined_kv"), dtype=self.dtype, name="value")(inputs_kv))
+      if cache_kv:
+        self.put_variable("cache", "projected_key", key)
+        self.put_variable("cache", "projected_value", value)
+    query = split(query)  # [batch, len, heads, kv]
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))

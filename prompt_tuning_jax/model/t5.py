@@ -70,7 +70,7 @@ class DecoderLayer(nn.Module):
     y = y + dropout(h)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(y)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, self.deterministic, c.dtype,
-                           name="encoder_decoder_attention")(h, encoded, cross_mask)
+                           name="encoder_decoder_attention")(h, encoded, cross_mask, cache_kv=self.decode)
     y = y + dropout(h)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(y)
     h = MlpBlock(c.mlp_dim, c.dropout_rate, self.deterministic, c.dtype, name="mlp")(h)
