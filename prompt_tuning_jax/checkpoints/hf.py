@@ -4,7 +4,8 @@ The name map is one table (FORMATS.md): PyTorch `nn.Linear` weights are [out, in
 [in, out], so kernels are transposed; the relative position table lives only in block 0 of the encoder and of
 the decoder and is [buckets, heads] where T5X keeps [heads, buckets]; `shared.weight` is the token embedding and
 `lm_head.weight` the untied output projection of T5 1.1. Only safetensors are read: `pytorch_model.bin` needs
-pickle, which this project never unpickles.
+pickle, which this project never unpickles. A directory to read may be local or any `tf.io.gfile` path
+(gs://...): local weights are memory-mapped, others read whole into host memory.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from prompt_tuning_jax.checkpoints import inferred_config
+from prompt_tuning_jax.checkpoints import inferred_config, storage
 from prompt_tuning_jax.checkpoints.param_dtype import as_param
 from prompt_tuning_jax.model.config import T5Config
 
@@ -73,17 +75,16 @@ def name_map(num_encoder_layers: int, num_decoder_layers: int) -> dict[str, tupl
 
 def is_hf_dir(path: str) -> bool:
   """Whether `path` is a directory with Hugging Face model files (a config or weights of any format)."""
-  return any(os.path.isfile(os.path.join(path, name))
+  return any(storage.is_file(os.path.join(path, name))
              for name in (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, *_PICKLED_WEIGHTS))
 
 
 def _read_config(directory: str) -> dict[str, Any]:
   config_file = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isfile(config_file):
+  if not storage.is_file(config_file):
     raise FileNotFoundError(f"{directory} has Hugging Face weights but no {CONFIG_FILE}; save the model with "
                             "`save_pretrained(dir, safe_serialization=True)`, which writes both")
-  with open(config_file) as f:
-    config = json.load(f)
+  config = json.loads(storage.read_bytes(config_file))
   model_type = config.get("model_type", "t5")
   if model_type not in ("t5", "mt5"):
     raise ValueError(f"{config_file} has model_type {model_type!r}; this package implements T5 1.1 "
@@ -107,13 +108,12 @@ def _weight_files(directory: str) -> list[str]:
   """The safetensors files of `directory` (one, or the shards its index names)."""
   single = os.path.join(directory, WEIGHTS_FILE)
   index = os.path.join(directory, WEIGHTS_INDEX_FILE)
-  if os.path.isfile(single):
+  if storage.is_file(single):
     return [single]
-  if os.path.isfile(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
+  if storage.is_file(index):
+    weight_map = json.loads(storage.read_bytes(index))["weight_map"]
     return [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
-  pickled = [name for name in _PICKLED_WEIGHTS if os.path.isfile(os.path.join(directory, name))]
+  pickled = [name for name in _PICKLED_WEIGHTS if storage.is_file(os.path.join(directory, name))]
   if pickled:
     raise ValueError(f"{directory} holds only {pickled[0]}, a pickle this package will not load; convert it with "
                      "`T5ForConditionalGeneration.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`")
@@ -125,6 +125,10 @@ def _read_tensors(files: list[str], dtype: Any) -> dict[str, tuple[np.ndarray, s
   """Hugging Face name -> (array cast to `dtype`, file it came from)."""
   tensors = {}
   for file in files:
+    if "://" in file:  # safe_open maps local files only
+      for key, array in safetensors.numpy.load(storage.read_bytes(file)).items():
+        tensors[key] = (as_param(array, dtype, key, file), file)
+      continue
     with safe_open(file, framework="numpy") as f:
       for key in f.keys():
         tensors[key] = (as_param(f.get_tensor(key), dtype, key, file), file)
@@ -135,7 +139,8 @@ def load_hf_t5(directory: str, dtype: Any = np.float32) -> tuple[dict[str, Any],
   """Reads a Hugging Face T5 1.1 directory into T5X names.
 
   Args:
-    directory: holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`).
+    directory: holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`);
+      local or any `tf.io.gfile` path (gs://...).
     dtype: parameter dtype to cast every array to.
 
   Returns:

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from flax import traverse_util
 
-from prompt_tuning_jax.checkpoints import hf, t5x
+from prompt_tuning_jax.checkpoints import hf, storage, t5x
 from prompt_tuning_jax.checkpoints.inferred_config import infer_config
 
 # Parameters the checkpoint may hold beyond the model's: optimizer slots, never loaded into the model.
@@ -28,8 +29,8 @@ def load_params(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[dict[
   """Reads the parameters of a T5X (legacy or orbax) or Hugging Face T5 1.1 checkpoint.
 
   Args:
-    path: a T5X `checkpoint_N` directory (or its `checkpoint` file, or its orbax `state` directory; legacy
-      checkpoints may be on gs://), or a Hugging Face model directory.
+    path: a T5X `checkpoint_N` directory (or its `checkpoint` file, or its orbax `state` directory) or a
+      Hugging Face model directory; local or any `tf.io.gfile` path (gs://...).
     dtype: parameter dtype (bfloat16 checkpoints are cast to it).
 
   Returns:
@@ -39,20 +40,19 @@ def load_params(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[dict[
     `inferred_config.check_config`.
   """
   path = os.fspath(path)
-  if path.startswith("gs://"):
-    params = t5x.load_t5x_legacy(path, dtype)
-    return params, infer_config(params, path)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  if (checkpoint_file := t5x.legacy_checkpoint_file(path)) is not None:
+  checkpoint_file = t5x.legacy_checkpoint_file(path)
+  if checkpoint_file is not None and storage.is_file(checkpoint_file):  # gs:// names come back unchecked
     params = t5x.load_t5x_legacy(checkpoint_file, dtype)
   elif t5x.orbax_state_dir(path) is not None:
     params = t5x.load_t5x_orbax(path, dtype)
   elif hf.is_hf_dir(path):
     return hf.load_hf_t5(path, dtype)
   else:
-    steps = sorted(name for name in os.listdir(path) if re.fullmatch(r"checkpoint_\d+", name)) if os.path.isdir(
-        path) else []
+    # gfile lists a bucket's subdirectories with a trailing '/'.
+    steps = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path)
+                   if re.fullmatch(r"checkpoint_\d+/?", name)) if tf.io.gfile.isdir(path) else []
     hint = f"; it holds {', '.join(steps)}: pass one of those directories" if steps else ""
     raise ValueError(f"{path} is not a checkpoint this package reads: looked for `{t5x.CHECKPOINT_FILE}` (T5X "
                      f"legacy), `{t5x.ORBAX_STATE_DIR}/_METADATA` (T5X orbax) and `{hf.CONFIG_FILE}` + "

@@ -11,18 +11,23 @@ its `forward` and `generate` prepend only rows [:P] to the encoder's input embed
 (they get no gradient and keep their initial values). The decoder half feeds the decoder only for other
 prompt-learning types (e.g. multitask prompt tuning). So the encoder prompt is rows [:P], and
 `save_peft_adapter` fills rows [P:] with a copy of it only to give PEFT the shape it expects.
+
+Every path may be local or on any filesystem `tf.io.gfile` knows (gs://...): files are read and written whole
+through `storage` (a prompt is at most a few MB).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
+import safetensors.numpy
+import tensorflow as tf
 
+from prompt_tuning_jax.checkpoints import storage
 from prompt_tuning_jax.checkpoints.param_dtype import as_param
 
 # The reference repo's name for the prompt parameter, `encoder/prompt/prompt/prompt` joined with dots.
@@ -38,24 +43,23 @@ def _load_peft_prompt(directory: str) -> np.ndarray:
   """The encoder prompt [P, embed] of a PEFT prompt-tuning adapter directory."""
   config_file = os.path.join(directory, PEFT_CONFIG_FILE)
   weights_file = os.path.join(directory, PEFT_WEIGHTS_FILE)
-  if not os.path.isfile(config_file):
+  if not storage.is_file(config_file):
     raise FileNotFoundError(f"prompt directory {directory} has no {PEFT_CONFIG_FILE}; pass a PEFT adapter "
                             "directory (save_pretrained of a prompt-tuning PeftModel) or a .npy file")
-  if not os.path.isfile(weights_file):
-    pickled = os.path.isfile(os.path.join(directory, PEFT_PICKLED_WEIGHTS_FILE))
+  if not storage.is_file(weights_file):
+    pickled = storage.is_file(os.path.join(directory, PEFT_PICKLED_WEIGHTS_FILE))
     fix = (f"it holds {PEFT_PICKLED_WEIGHTS_FILE}, a pickle this package will not load: re-save the adapter with "
            "`save_pretrained(dir, safe_serialization=True)`" if pickled else "re-save the adapter with PEFT")
     raise FileNotFoundError(f"prompt directory {directory} has no {PEFT_WEIGHTS_FILE}; {fix}")
-  with open(config_file) as f:
-    config = json.load(f)
+  config = json.loads(storage.read_bytes(config_file))
   if config.get("peft_type") != "PROMPT_TUNING":
     raise ValueError(f"{config_file} has peft_type {config.get('peft_type')!r}; only PROMPT_TUNING adapters hold "
                      "a prompt this model can use")
-  with safe_open(weights_file, framework="numpy") as f:
-    if PEFT_PROMPT_KEY not in f.keys():
-      raise ValueError(f"{weights_file} has no {PEFT_PROMPT_KEY!r} tensor (keys: {sorted(f.keys())}); it is not a "
-                       "PEFT prompt-tuning adapter")
-    rows = f.get_tensor(PEFT_PROMPT_KEY)
+  tensors = safetensors.numpy.load(storage.read_bytes(weights_file))
+  if PEFT_PROMPT_KEY not in tensors:
+    raise ValueError(f"{weights_file} has no {PEFT_PROMPT_KEY!r} tensor (keys: {sorted(tensors)}); it is not a "
+                     "PEFT prompt-tuning adapter")
+  rows = tensors[PEFT_PROMPT_KEY]
   length = config["num_virtual_tokens"]
   submodules = config.get("num_transformer_submodules") or 1
   if rows.ndim != 2 or rows.shape[0] != length * submodules:
@@ -67,7 +71,7 @@ def _load_peft_prompt(directory: str) -> np.ndarray:
 
 def _load_npy_prompt(path: str) -> np.ndarray:
   try:
-    prompt = np.load(path, allow_pickle=False)
+    prompt = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
   except ValueError as e:
     # numpy says "Object arrays ..." for an object .npy and "... pickled (object) data ..." for any other file.
     what = "an object array" if str(e).startswith("Object arrays") else "neither .npy nor .npz but pickled data"
@@ -85,7 +89,7 @@ def load_prompt(path: str | os.PathLike, length: int | None = None,
   """Reads a prompt from a `.npy` file, the reference `encoder.prompt.prompt.prompt` file or a PEFT adapter dir.
 
   Args:
-    path: the file or PEFT adapter directory.
+    path: the file or PEFT adapter directory; local or any `tf.io.gfile` path (gs://...).
     length: the model's prompt length; a different one is an error (None: accept any).
     embed_dim: the model's embed dim; a different width is an error (None: accept any).
 
@@ -93,9 +97,9 @@ def load_prompt(path: str | os.PathLike, length: int | None = None,
     float32 array [prompt_length, embed] (float64 files are cast).
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"prompt file {path} does not exist")
-  prompt = _load_peft_prompt(path) if os.path.isdir(path) else _load_npy_prompt(path)
+  prompt = _load_peft_prompt(path) if tf.io.gfile.isdir(path) else _load_npy_prompt(path)
   if embed_dim is not None and prompt.shape[1] != embed_dim:
     raise ValueError(f"prompt file {path} has width {prompt.shape[1]}, model embed dim is {embed_dim}; "
                      "re-export the prompt for this model size")
@@ -113,13 +117,14 @@ def _as_prompt(prompt: Any) -> np.ndarray:
 
 
 def save_prompt_npy(prompt: Any, path: str | os.PathLike) -> str:
-  """Writes `prompt` [P, embed] as float32 `.npy` at exactly `path` (no `.npy` suffix is added); returns it."""
+  """Writes `prompt` [P, embed] as float32 `.npy` at exactly `path` (no `.npy` suffix is added); returns it.
+
+  `path` may be local or any `tf.io.gfile` path (gs://...); its directory is created.
+  """
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:  # a file object, because np.save(str) would append '.npy'
-    np.save(f, _as_prompt(prompt), allow_pickle=False)
-  os.replace(tmp, path)  # readers never see a partial file
+  buffer = io.BytesIO()  # a file object, because np.save(str) would append '.npy'
+  np.save(buffer, _as_prompt(prompt), allow_pickle=False)
+  storage.write_bytes(path, buffer.getvalue())
   return path
 
 
@@ -145,7 +150,7 @@ def save_peft_adapter(prompt: Any, directory: str | os.PathLike, *, num_layers: 
 
   Args:
     prompt: [P, embed].
-    directory: created if missing.
+    directory: created if missing; local or any `tf.io.gfile` path (gs://...).
     num_layers, num_attention_heads: the T5 model's, recorded as PEFT records them (it uses them only for
       prefix tuning).
     base_model_name_or_path: the Hugging Face model the prompt was trained for, if it has a name.
@@ -173,9 +178,9 @@ def save_peft_adapter(prompt: Any, directory: str | os.PathLike, *, num_layers: 
       "prompt_tuning_init_text": prompt_tuning_init_text, "tokenizer_name_or_path": tokenizer_name_or_path,
       "tokenizer_kwargs": None, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
       "revision": None, "auto_mapping": None, "modules_to_save": None}
-  os.makedirs(directory, exist_ok=True)
   rows = np.concatenate([prompt] * num_transformer_submodules, axis=0)
-  save_file({PEFT_PROMPT_KEY: rows}, os.path.join(directory, PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
-  with open(os.path.join(directory, PEFT_CONFIG_FILE), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+  storage.write_bytes(os.path.join(directory, PEFT_WEIGHTS_FILE),
+                      safetensors.numpy.save({PEFT_PROMPT_KEY: rows}, metadata={"format": "pt"}))
+  storage.write_bytes(os.path.join(directory, PEFT_CONFIG_FILE),
+                      json.dumps(config, indent=2, sort_keys=True).encode())
   return directory

@@ -30,6 +30,7 @@ import tensorstore as ts
 from etils import epath
 from flax import serialization, traverse_util
 
+from prompt_tuning_jax.checkpoints import storage
 from prompt_tuning_jax.checkpoints.param_dtype import as_param
 
 CHECKPOINT_FILE = "checkpoint"
@@ -54,14 +55,18 @@ def checkpoint_dir_kvstore(checkpoint_dir: str) -> dict[str, Any]:
 
 
 def legacy_checkpoint_file(path: str) -> str | None:
-  """Returns the `checkpoint` msgpack file that `path` names (the file or its directory), or None."""
+  """Returns the `checkpoint` msgpack file that `path` names (the file or its directory), or None.
+
+  Local and other `tf.io.gfile` paths are checked for the file; a gs:// name is returned without a request
+  (`load_t5x_legacy`'s read reports a missing file), so a caller choosing between layouts checks it with
+  `storage.is_file`.
+  """
   if _GCS_PATH.fullmatch(path):
-    # No cheap existence test on GCS here: trust the name, the read reports a missing file.
     return path if posixpath.basename(path.rstrip("/")) == CHECKPOINT_FILE else posixpath.join(path, CHECKPOINT_FILE)
-  if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
+  if posixpath.basename(path) == CHECKPOINT_FILE and storage.is_file(path):
     return path
-  candidate = os.path.join(path, CHECKPOINT_FILE)
-  return candidate if os.path.isfile(candidate) else None
+  candidate = posixpath.join(path, CHECKPOINT_FILE)
+  return candidate if storage.is_file(candidate) else None
 
 
 def _is_tensorstore_spec(value: Any) -> bool:
@@ -211,10 +216,13 @@ def save_t5x_legacy(params: Mapping[str, Any], directory: str, step: int = 0, *,
 
 
 def orbax_state_dir(path: str) -> str | None:
-  """Returns the orbax `state` directory that `path` names (`checkpoint_N` or `checkpoint_N/state`), or None."""
-  for candidate in (os.path.join(path, ORBAX_STATE_DIR), path):
-    if os.path.isfile(os.path.join(candidate, "_METADATA")) or os.path.isfile(
-        os.path.join(candidate, "manifest.ocdbt")):
+  """Returns the orbax `state` directory that `path` names (`checkpoint_N` or `checkpoint_N/state`), or None.
+
+  `path` may be local or any `tf.io.gfile` path (gs://...).
+  """
+  for candidate in (posixpath.join(path, ORBAX_STATE_DIR), path):
+    if storage.is_file(posixpath.join(candidate, "_METADATA")) or storage.is_file(
+        posixpath.join(candidate, "manifest.ocdbt")):
       return candidate
   return None
 
@@ -223,7 +231,7 @@ def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
   """Reads the parameters (`target`) of an orbax T5X checkpoint, leaving optimizer state on disk.
 
   Args:
-    path: the `checkpoint_N` directory or its `state` subdirectory.
+    path: the `checkpoint_N` directory or its `state` subdirectory; local or gs:// (orbax reads buckets itself).
     dtype: parameter dtype to cast every array to.
 
   Returns:
@@ -233,7 +241,7 @@ def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
   if state_dir is None:
     raise FileNotFoundError(f"{path} holds no orbax checkpoint (looked for {ORBAX_STATE_DIR}/_METADATA and "
                             "_METADATA); pass a checkpoint_N directory written by t5x with orbax")
-  state_dir = os.path.abspath(state_dir)
+  state_dir = state_dir if "://" in state_dir else os.path.abspath(state_dir)  # orbax wants absolute paths
   metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
   if "target" not in metadata:
     raise ValueError(f"{state_dir}: orbax checkpoint has no 'target' subtree (top-level keys: {sorted(metadata)}); "
