@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from flax import traverse_util
 
 from prompt_tuning_jax.checkpoints import prompt_files
@@ -148,22 +146,8 @@ def export_prompt(prompt: np.ndarray, model_dir: str, step: int, peft: Mapping[s
   """Writes the prompt [P, embed] of `step` as MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt
   and, given `peft` (`prompt_files.save_peft_adapter` keyword arguments), MODEL_DIR/peft_adapters/checkpoint_N/.
 
-  `prompt_files` writes local files; for a URL MODEL_DIR (gs://) they are written to a local staging directory and
-  copied there with `tf.io.gfile`.
+  `prompt_files` writes through `tf.io.gfile`, so a URL MODEL_DIR (gs://) works as a local one does.
   """
-  if "://" not in model_dir:
-    _write_prompt_exports(prompt, model_dir, step, peft)
-    return
-  with tempfile.TemporaryDirectory(prefix="prompt_export_") as staging:
-    _write_prompt_exports(prompt, staging, step, peft)
-    for directory, _, names in os.walk(staging):
-      for name in names:
-        target = os.path.join(model_dir, os.path.relpath(os.path.join(directory, name), staging))
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(os.path.join(directory, name), target, overwrite=True)
-
-
-def _write_prompt_exports(prompt: np.ndarray, model_dir: str, step: int, peft: Mapping[str, Any] | None) -> None:
   prompt_files.export_numpy_checkpoint(prompt, model_dir, step)
   if peft is not None:
     prompt_files.save_peft_adapter(prompt, os.path.join(model_dir, "peft_adapters", f"checkpoint_{step}"), **peft)
