@@ -60,6 +60,19 @@ def load_params(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[dict[
   return params, infer_config(params, path)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+  """The training step a checkpoint `load_params` reads was saved at: a T5X checkpoint's `state.step`, or 0 for a
+  Hugging Face directory (which stores none)."""
+  path = os.fspath(path)
+  checkpoint_file = t5x.legacy_checkpoint_file(path)
+  if (checkpoint_file is not None and storage.is_file(checkpoint_file)) or t5x.orbax_state_dir(path) is not None:
+    return t5x.load_t5x_step(path)
+  if hf.is_hf_dir(path):
+    return 0
+  raise ValueError(f"{path} is not a T5X or Hugging Face checkpoint; pass the INITIAL_CHECKPOINT_PATH that "
+                   "load_params reads")
+
+
 def _listed(names: list[str]) -> str:
   more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
   return ", ".join(names[:_LISTED]) + more

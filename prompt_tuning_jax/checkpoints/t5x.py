@@ -10,7 +10,7 @@ only says "relative": the arrays are read from wherever the checkpoint directory
 Orbax (current t5x): `checkpoint_N/state/` is an orbax PyTree checkpoint of the same
 `{'target': ..., 'state': ...}` tree (`checkpoint_N/dataset/` holds the input iterator).
 
-Only `target`, the parameters, is ever read: optimizer slots stay on disk.
+Only `target`, the parameters, and `state.step` (`load_t5x_step`) are ever read: optimizer slots stay on disk.
 """
 
 from __future__ import annotations
@@ -275,3 +275,36 @@ def save_t5x_orbax(params: Mapping[str, Any], directory: str, step: int = 0, *,
     manager.save(step, args=ocp.args.Composite(**{ORBAX_STATE_DIR: ocp.args.PyTreeSave(tree)}))
     manager.wait_until_finished()
   return os.path.join(directory, f"checkpoint_{step}")
+
+
+def load_t5x_step(path: str) -> int:
+  """The optimizer step a T5X checkpoint (legacy or orbax) was saved at: its `state.step`.
+
+  t5x continues from this step when it fine-tunes or prompt-tunes from the checkpoint (1,100,000 for the public
+  T5 1.1 LM-adapted ones); `training.trainer.start_optimizer_at` does the same for our optimizer.
+
+  Args:
+    path: the `checkpoint_N` directory (or its `checkpoint` file, or its orbax `state` directory); local or gs://.
+  """
+  checkpoint_file = legacy_checkpoint_file(path)
+  if checkpoint_file is not None and storage.is_file(checkpoint_file):
+    contents = serialization.msgpack_restore(storage.read_bytes(checkpoint_file))
+    state = contents.get("optimizer", contents).get("state", {}) if isinstance(contents, Mapping) else {}
+    step = state.get("step") if isinstance(state, Mapping) else None
+  else:
+    state_dir = orbax_state_dir(path)
+    if state_dir is None:
+      raise FileNotFoundError(f"{path} holds no T5X checkpoint (legacy `{CHECKPOINT_FILE}` or orbax "
+                              f"`{ORBAX_STATE_DIR}/`); pass a checkpoint_N directory")
+    state_dir = state_dir if "://" in state_dir else os.path.abspath(state_dir)
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+    step = None
+    if "step" in dict(metadata.get("state", {})):
+      restore = ocp.args.PyTreeRestore(item={"state": {"step": 0}},
+                                       restore_args={"state": {"step": ocp.RestoreArgs(restore_type=np.ndarray)}},
+                                       partial_restore=True)
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        step = checkpointer.restore(state_dir, args=restore)["state"]["step"]
+  if step is None:
+    raise ValueError(f"{path} stores no state.step; it is not a T5X train state (t5x writes one in every checkpoint)")
+  return int(np.asarray(step))

@@ -65,8 +65,21 @@ def state_shardings(optimizer: optax.GradientTransformation, trainable: PyTree, 
       opt_state=partitioning.optimizer_state_shardings(abstract_opt_state, trainable, trainable_shardings, mesh))
 
 
-def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
+def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree, optimizer_step: int = 0) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=start_optimizer_at(optimizer.init(trainable), optimizer_step))
+
+
+def start_optimizer_at(opt_state: PyTree, optimizer_step: int) -> PyTree:
+  """`opt_state` with every optax step `count` set to `optimizer_step`, as t5x continues a checkpoint's step.
+
+  t5x restores the step of the initial checkpoint (1,100,000 for the paper's T5 1.1 LM-adapted), and its
+  Adafactor decays the second moment by `1 - (step + 1) ** -0.8` of that global step (learning-rate schedules
+  see it too); optax counts from 0 unless told otherwise. The train state's own `step` still counts this run.
+  """
+  if optimizer_step == 0 or not optax.tree_utils.tree_get_all_with_path(opt_state, "count"):
+    return opt_state
+  return optax.tree_utils.tree_set(opt_state, count=jnp.asarray(optimizer_step, jnp.int32))
 
 
 def _summarize(pending: list[dict[str, np.ndarray]], seconds: float) -> dict[str, float]:
@@ -89,7 +102,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
           global_batch_size: int, num_train_steps: int, checkpoints: Checkpoints, save_period: int,
           writer: MetricsWriter, input_position: Mapping[str, Any], evaluate: EvaluateFn | None = None,
           eval_period: int = 0, log_period: int = 10, dropout_seed: int = 0,
-          show_progress: bool = True) -> tuple[TrainState, PyTree]:
+          show_progress: bool = True, optimizer_step: int = 0) -> tuple[TrainState, PyTree]:
   """Trains the parameters `trainable_regex` selects, resuming from the latest checkpoint in `checkpoints`.
 
   Args:
@@ -114,6 +127,8 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
     log_period: steps between train-metric reports (each report waits for the device).
     dropout_seed: seed of the dropout keys (folded with the step).
     show_progress: draw the progress bar on process 0.
+    optimizer_step: the optimizer's step count at step 0 of this run (see `start_optimizer_at`); t5x's is the
+      initial checkpoint's step. A resumed run restores it from the checkpoint.
 
   Returns:
     (final state, frozen params), both on the mesh.
@@ -134,8 +149,8 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
     input_position = json.loads(json.dumps(dict(input_position)))  # as a checkpoint stores it
     latest = checkpoints.latest_step()
     if latest is None:
-      state = jax.jit(functools.partial(_init_state, optimizer), out_shardings=shardings,
-                      donate_argnums=0)(trainable)
+      state = jax.jit(functools.partial(_init_state, optimizer, optimizer_step=optimizer_step),
+                      out_shardings=shardings, donate_argnums=0)(trainable)
     else:
       abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     jax.eval_shape(functools.partial(_init_state, optimizer), trainable), shardings)
