@@ -7,6 +7,9 @@ t5x reads two things from the initial variables that our module expresses differ
   `params_axes` collection from the boxes' names, so t5x shards with the same logical axes as our trainer.
 - token dtypes: t5x's eval and (without `input_types`) other entry points initialize with float32 dummy tokens;
   token features default to int32 here, as flaxformer's embedder casts them.
+- the decoding cache: t5x sizes it with a call on dummy tokens (all ones), but our cross-attention keeps the
+  projection of the encoder output it sees on that first call (it does not change between decoding steps), so
+  `_compute_kv_cache` sizes the cache on the real encoder output instead, as `inference.decoding` does.
 The module, its parameter names and its numerics are untouched: a t5x checkpoint holds the tree our trainer
 and checkpoint readers use.
 """
@@ -59,3 +62,19 @@ class EncoderDecoderModel(t5x_models.EncoderDecoderModel):
     boxed = variables.pop("params")
     variables = nn.meta.unbox(variables)
     return flax_core.freeze({"params": nn.meta.unbox(boxed), "params_axes": params_axes(boxed), **variables})
+
+  def _compute_kv_cache(self, params: PyTree, encoded_inputs: jax.Array, encoder_input_tokens: jax.Array,
+                        decoder_input_tokens: jax.Array, prefill_decoder_prompt: bool = False) -> tuple[PyTree, None]:
+    """The decoding cache for `encoded_inputs` [batch, source, embed], sized for `decoder_input_tokens` [batch, T].
+
+    Returns:
+      (cache, None): no decoder-prompt prefill, so decoding starts at position 0.
+    """
+    if prefill_decoder_prompt:
+      raise ValueError("this model does not prefill decoder prompts; decode without prompt_with_targets")
+    dummy = jnp.ones_like(decoder_input_tokens)
+    _, variables = self.module.apply({"params": params}, encoded_inputs, encoder_input_tokens, dummy, dummy,
+                                     enable_dropout=False, decode=True,
+                                     max_decode_length=decoder_input_tokens.shape[1], mutable=["cache"],
+                                     method=self.module.decode)
+    return variables["cache"], None
