@@ -5,7 +5,12 @@ Each module's docstring describes its format; every reader returns nested dicts 
 
 from prompt_tuning_jax.checkpoints.hf import load_hf_t5, save_hf_t5
 from prompt_tuning_jax.checkpoints.inferred_config import check_config, infer_config
-from prompt_tuning_jax.checkpoints.params import check_params_match, checkpoint_step, load_params, merge_frozen
+from prompt_tuning_jax.checkpoints.params import (
+    check_params_match,
+    checkpoint_step,
+    load_params,
+    merge_frozen,
+)
 from prompt_tuning_jax.checkpoints.prompt_files import (
     export_numpy_checkpoint,
     load_prompt,
