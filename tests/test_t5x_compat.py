@@ -162,6 +162,27 @@ def test_initial_variables_carry_our_logical_axes_for_t5x():
   assert set(params) == set(expected) and all(isinstance(v, jax.Array) for v in params.values())
 
 
+def test_gin_built_t5x_model_inits_sampled_vocab_prompts_from_the_checkpoint_embedding():
+  import gin
+
+  gin.clear_config()
+  try:
+    gin.add_config_file_search_path(str(h.GIN_DIR))
+    gin.parse_config_files_and_bindings(
+        ["demo/t5_1_1_demo.gin", "t5x/prompt.gin", "prompts/from_sampled_vocab.gin"],
+        [f"MIXTURE_OR_TASK_NAME = '{h.TASK}'", f"PROMPT_LENGTH = {h.PROMPT_LENGTH}",
+         f"t5x_compat_models.EncoderDecoderModel.embedding_checkpoint_path = '{h.DEMO_CHECKPOINT}'"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    shapes = {"encoder_input_tokens": (1, 12), "decoder_input_tokens": (1, 10)}
+    params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+  finally:
+    gin.clear_config()
+  prompt = np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"])
+  embedding = checkpoints.load_param(str(h.DEMO_CHECKPOINT), "token_embedder/embedding")
+  rows = [int(np.flatnonzero((embedding == row).all(axis=1))[0]) for row in prompt]  # IndexError: not a row
+  assert len(set(rows)) == h.PROMPT_LENGTH
+
+
 def test_prompt_filter_selects_what_prompt_regex_trains_in_our_trainer():
   keep = t5x_compat_optimizers.path_filter(".*/prompt/.*")
   assert keep("/encoder/prompt/prompt/prompt", None)

@@ -8,6 +8,7 @@ from prompt_tuning_jax.checkpoints.inferred_config import check_config, infer_co
 from prompt_tuning_jax.checkpoints.params import (
     check_params_match,
     checkpoint_step,
+    load_param,
     load_params,
     merge_frozen,
 )
@@ -27,6 +28,6 @@ from prompt_tuning_jax.checkpoints.t5x import (
 
 __all__ = [
     "check_config", "check_params_match", "checkpoint_step", "export_numpy_checkpoint", "infer_config",
-    "load_hf_t5", "load_params", "load_prompt", "load_t5x_legacy", "load_t5x_orbax", "load_t5x_step",
+    "load_hf_t5", "load_param", "load_params", "load_prompt", "load_t5x_legacy", "load_t5x_orbax", "load_t5x_step",
     "merge_frozen", "save_hf_t5", "save_peft_adapter", "save_prompt_npy", "save_t5x_legacy", "save_t5x_orbax",
 ]

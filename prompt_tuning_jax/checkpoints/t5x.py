@@ -20,7 +20,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -93,12 +93,13 @@ def _zarr_open_spec(spec: Mapping[str, Any], directory_kvstore: Mapping[str, Any
   return {"driver": "zarr", "kvstore": {**directory_kvstore, "path": directory_kvstore["path"] + relative}}
 
 
-def load_t5x_legacy(path: str, dtype: Any = np.float32) -> dict[str, Any]:
+def load_t5x_legacy(path: str, dtype: Any = np.float32, only: Collection[str] | None = None) -> dict[str, Any]:
   """Reads the parameters (`target`) of a legacy T5X checkpoint.
 
   Args:
     path: the `checkpoint_N` directory or its `checkpoint` file; local or gs://.
     dtype: parameter dtype to cast every array to (bfloat16 checkpoints become float32 by default).
+    only: read just these '/'-joined parameter names (e.g. {'token_embedder/embedding'}); None: all.
 
   Returns:
     Nested dict of numpy arrays with T5X names, e.g. params['encoder']['layers_0']['attention']['query']['kernel']
@@ -132,6 +133,8 @@ def load_t5x_legacy(path: str, dtype: Any = np.float32) -> dict[str, Any]:
   for name, value in flat.items():
     if value is None or (isinstance(value, Mapping) and not value):
       continue  # t5x writes None / {} for slots a MultiOptimizer does not use
+    if only is not None and name not in only:
+      continue
     if _is_tensorstore_spec(value):
       spec = _zarr_open_spec(value, directory_kvstore, name, source)
       pending[name] = ts.open(spec, open=True, read=True)
@@ -227,12 +230,13 @@ def orbax_state_dir(path: str) -> str | None:
   return None
 
 
-def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
+def load_t5x_orbax(path: str, dtype: Any = np.float32, only: Collection[str] | None = None) -> dict[str, Any]:
   """Reads the parameters (`target`) of an orbax T5X checkpoint, leaving optimizer state on disk.
 
   Args:
     path: the `checkpoint_N` directory or its `state` subdirectory; local or gs:// (orbax reads buckets itself).
     dtype: parameter dtype to cast every array to.
+    only: read just these '/'-joined parameter names; None: all.
 
   Returns:
     Nested dict of numpy arrays with T5X names.
@@ -247,6 +251,9 @@ def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
     raise ValueError(f"{state_dir}: orbax checkpoint has no 'target' subtree (top-level keys: {sorted(metadata)}); "
                      "it is not a T5X train state")
   target_metadata = dict(metadata["target"])
+  if only is not None:
+    flat_metadata = traverse_util.flatten_dict(target_metadata, sep="/")
+    target_metadata = traverse_util.unflatten_dict({k: v for k, v in flat_metadata.items() if k in only}, sep="/")
   as_numpy = lambda _: ocp.RestoreArgs(restore_type=np.ndarray)  # host arrays: no device holds the whole model
   restore = ocp.args.PyTreeRestore(
       item={"target": jax.tree_util.tree_map(lambda _: 0, target_metadata)},
