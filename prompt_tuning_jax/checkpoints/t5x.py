@@ -254,6 +254,8 @@ def load_t5x_orbax(path: str, dtype: Any = np.float32, only: Collection[str] | N
   if only is not None:
     flat_metadata = traverse_util.flatten_dict(target_metadata, sep="/")
     target_metadata = traverse_util.unflatten_dict({k: v for k, v in flat_metadata.items() if k in only}, sep="/")
+    if not target_metadata:
+      return {}
   as_numpy = lambda _: ocp.RestoreArgs(restore_type=np.ndarray)  # host arrays: no device holds the whole model
   restore = ocp.args.PyTreeRestore(
       item={"target": jax.tree_util.tree_map(lambda _: 0, target_metadata)},
