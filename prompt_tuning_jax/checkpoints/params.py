@@ -88,8 +88,8 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return t5x.load_t5x_step(path)
   if hf.is_hf_dir(path):
     return 0
-  raise ValueError(f"{path} is not a T5X or Hugging Face checkpoint; pass the INITIAL_CHECKPOINT_PATH that "
-                   "load_params reads")
+  raise ValueError(f"{path} is neither a T5X checkpoint (legacy or orbax) nor a Hugging Face T5 directory; pass a "
+                   "checkpoint_N directory or a Hugging Face model directory")
 
 
 def _listed(names: list[str]) -> str:
