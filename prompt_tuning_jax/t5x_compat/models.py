@@ -1,6 +1,6 @@
 """t5x's `EncoderDecoderModel` around this package's `Transformer`.
 
-t5x reads two things from the initial variables that our module expresses differently:
+Where t5x expects something our module expresses differently, this subclass adapts (the module is unchanged):
 - logical axes: t5x's train state and partitioner read a `params_axes` collection (flax
   `linen.partitioning`'s `<name>_axes` variables of `AxisMetadata`) beside unboxed parameters, while our layers
   create `nn.with_logical_partitioning` boxes. `get_initial_variables` unboxes the parameters and derives the
@@ -15,7 +15,7 @@ t5x reads two things from the initial variables that our module expresses differ
 - the decoding cache: t5x sizes it with a call on dummy tokens (all ones), but our cross-attention keeps the
   projection of the encoder output it sees on that first call (it does not change between decoding steps), so
   `_compute_kv_cache` sizes the cache on the real encoder output instead, as `inference.decoding` does.
-The module, its parameter names and its numerics are untouched: a t5x checkpoint holds the tree our trainer
+Parameter names and numerics are our own: a t5x checkpoint holds the tree our trainer
 and checkpoint readers use.
 """
 
