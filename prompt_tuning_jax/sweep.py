@@ -1,0 +1,80 @@
+r"""Sweeps prompt length x initializer x seed (x model size): one real training run per cell, then a table,
+the length selection and the paper's Figure 3 plots.
+
+  python -m prompt_tuning_jax.sweep --gin_file=sweeps/demo.gin --sweep_dir=/tmp/sweep \
+    [--metric=validation/<task>/sequence_accuracy] [--length_penalty=0.1] [--report_only]
+
+The gin stack is `train`'s (gin_configs/, `--gin_file`, `--gin.NAME=VALUE`, ...) without a prompts/ file:
+the grid (`grid.Grid.lengths / inits / seeds / models / source_prompts`) says which initializer each cell gets.
+Re-running the same command skips finished cells and resumes a partial one. A job of N processes (hosts) runs
+the same command with `--process_count=N --process_index=i`: process i trains the cells at positions
+j % N == i, each with its own single-process jax (no jax.distributed), into the one shared --sweep_dir; each
+writes the report of the cells finished so far when its share is done (or rerun with --report_only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from prompt_tuning_jax.data import pipeline  # noqa: E402
+from prompt_tuning_jax.experiments import grid as grid_lib  # noqa: E402
+from prompt_tuning_jax.experiments import report as report_lib  # noqa: E402
+from prompt_tuning_jax.experiments import runner, selection  # noqa: E402
+from prompt_tuning_jax.training import cli  # noqa: E402
+
+
+def parse_sweep_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """The sweep's own flags; the rest are `train`'s (training/cli.py)."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m prompt_tuning_jax.sweep",
+                                   add_help=False)
+  parser.add_argument("--sweep_dir", default=None, help="where the cells and the report go")
+  parser.add_argument("--metric", default=None,
+                      help="the reported metric, e.g. validation/<task>/sequence_accuracy (default: best_metric)")
+  parser.add_argument("--metric_mode", default="max", choices=("max", "min"), help="max: higher is better")
+  parser.add_argument("--length_penalty", type=float, default=selection.DEFAULT_PENALTY,
+                      help="w of the length selection score x (1 - w x length / max length)")
+  parser.add_argument("--target", type=float, default=None,
+                      help="report the first evaluated step whose metric reaches this value")
+  parser.add_argument("--report_only", action="store_true", help="train nothing; rewrite the report")
+  return parser.parse_known_args(argv)
+
+
+def run(argv: Sequence[str]) -> dict:
+  sweep_args, rest = parse_sweep_flags(argv)
+  args = cli.parse_flags(rest, __doc__.splitlines()[0])
+  if not sweep_args.sweep_dir:
+    raise ValueError("--sweep_dir is required; pass a new directory, or an existing sweep's to resume it")
+  if sweep_args.length_penalty < 0:
+    raise ValueError(f"--length_penalty must be at least 0, got {sweep_args.length_penalty}")
+  if args.tfds_data_dir:
+    pipeline.set_tfds_data_dir(args.tfds_data_dir)
+  stack = runner.Stack(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  runner.check_stack(stack)
+  # The grid is all that is read from this parse; the stack needs an initializer and a MODEL_DIR to parse.
+  cli.parse_gin([grid_lib.BUILTIN_INITS["uniform"], *stack.gin_files],
+                [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}"], stack.search_paths)
+  grid = grid_lib.Grid()
+  process_count = 1 if args.process_count is None else args.process_count
+  process_index = 0 if args.process_index is None else args.process_index
+  grid_lib.cells_for_process([], process_index, process_count)  # checks the two flags
+  planned, invalid = runner.prepare(grid, stack, sweep_args.sweep_dir)
+  if not sweep_args.report_only:
+    runner.run_cells(grid, stack, sweep_args.sweep_dir, planned, process_index, process_count)
+  report = report_lib.write_report(sweep_args.sweep_dir, grid, sweep_args.metric, sweep_args.metric_mode,
+                                   sweep_args.length_penalty, sweep_args.target, {"left_out": invalid})
+  report_lib.print_report(report, len(planned))
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  with cli.errors_as_one_line("sweep"):
+    run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+  main()
