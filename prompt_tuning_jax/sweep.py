@@ -15,6 +15,7 @@ writes the report of the cells finished so far when its share is done (or rerun 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -44,7 +45,18 @@ def parse_sweep_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str
   return parser.parse_known_args(argv)
 
 
-def run(argv: Sequence[str]) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the command line asks for."""
+  flags: argparse.Namespace  # the sweep's own flags
+  grid: grid_lib.Grid
+  stack: runner.Stack
+  process_index: int
+  process_count: int
+
+
+def configure(argv: Sequence[str]) -> Setup:
+  """Parses the flags and reads the grid from the gin stack (which is left parsed)."""
   sweep_args, rest = parse_sweep_flags(argv)
   args = cli.parse_flags(rest, __doc__.splitlines()[0])
   if not sweep_args.sweep_dir:
@@ -58,15 +70,21 @@ def run(argv: Sequence[str]) -> dict:
   # The grid is all that is read from this parse; the stack needs an initializer and a MODEL_DIR to parse.
   cli.parse_gin([grid_lib.BUILTIN_INITS["uniform"], *stack.gin_files],
                 [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}"], stack.search_paths)
-  grid = grid_lib.Grid()
   process_count = 1 if args.process_count is None else args.process_count
   process_index = 0 if args.process_index is None else args.process_index
   grid_lib.cells_for_process([], process_index, process_count)  # checks the two flags
-  planned, invalid = runner.prepare(grid, stack, sweep_args.sweep_dir)
-  if not sweep_args.report_only:
-    runner.run_cells(grid, stack, sweep_args.sweep_dir, planned, process_index, process_count)
-  report = report_lib.write_report(sweep_args.sweep_dir, grid, sweep_args.metric, sweep_args.metric_mode,
-                                   sweep_args.length_penalty, sweep_args.target, {"left_out": invalid})
+  return Setup(sweep_args, grid_lib.Grid(), stack, process_index, process_count)
+
+
+def run(argv: Sequence[str]) -> dict:
+  """The whole sweep: checks, this process's cells, the report. Returns results.json's content."""
+  setup = configure(argv)
+  flags = setup.flags
+  planned, invalid = runner.prepare(setup.grid, setup.stack, flags.sweep_dir)
+  if not flags.report_only:
+    runner.run_cells(setup.grid, setup.stack, flags.sweep_dir, planned, setup.process_index, setup.process_count)
+  report = report_lib.write_report(flags.sweep_dir, setup.grid, flags.metric, flags.metric_mode,
+                                   flags.length_penalty, flags.target, {"left_out": invalid})
   report_lib.print_report(report, len(planned))
   return report
 

@@ -36,6 +36,12 @@ def _spread(rows: Sequence[Mapping[str, Any]], x_key: str, **match: Any) -> tupl
   return (xs, [float(np.mean(by_x[x])) for x in xs], [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs])
 
 
+def _label(metric: str) -> str:
+  """'validation/<task>/sequence_accuracy' -> 'sequence_accuracy (validation)', short enough for an axis."""
+  split, _, name = metric.partition("/")
+  return f"{name.rsplit('/', 1)[-1]} ({split})" if name else metric
+
+
 def _line(ax, xs, mean, low, high, label: str, color: str) -> None:
   ax.plot(xs, mean, "o-", color=color, label=label)
   ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
@@ -51,8 +57,11 @@ def plot_lengths(path: str, rows: Sequence[Mapping[str, Any]], models: Sequence[
       xs, mean, low, high = _spread(rows, "prompt_length", model=model, init=init)
       if xs:
         _line(ax, xs, mean, low, high, init, f"C{i}")
-    ax.set(xscale="log", xlabel="prompt length (tokens)", ylabel=metric,
-           title=model if len(models) > 1 else "metric vs prompt length (band: seed min-max)")
+    lengths = sorted({row["prompt_length"] for row in rows if row["model"] == model})
+    ax.set(xscale="log", xlabel="prompt length (tokens)", ylabel=_label(metric),
+           title=f"{model + ': ' if len(models) > 1 else ''}mean over seeds, band: min-max")
+    ax.set_xticks(lengths, [str(length) for length in lengths])
+    ax.minorticks_off()
     ax.legend(title="initializer")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -73,8 +82,9 @@ def plot_sizes(path: str, rows: Sequence[Mapping[str, Any]], lengths: Sequence[i
     xs, mean, low, high = _spread(rows, "total_parameters", prompt_length=max(lengths), init=init)
     if xs:
       _line(by_init, xs, mean, low, high, init, f"C{i}")
-  by_length.set(xscale="log", xlabel="model parameters", ylabel=metric, title=f"(a) prompt length ({inits[0]})")
-  by_init.set(xscale="log", xlabel="model parameters", ylabel=metric,
+  by_length.set(xscale="log", xlabel="model parameters", ylabel=_label(metric),
+                title=f"(a) prompt length ({inits[0]})")
+  by_init.set(xscale="log", xlabel="model parameters", ylabel=_label(metric),
               title=f"(b) initializer (length {max(lengths)})")
   by_length.legend(title="prompt length")
   by_init.legend(title="initializer")

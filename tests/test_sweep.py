@@ -1,0 +1,182 @@
+"""The sweep's logic without training: the grid and its partitioning over processes, results read from
+metrics.jsonl, length selection on constructed results, and every bad input refused before a byte is written."""
+
+import json
+import os
+
+import _training_helpers  # noqa: F401 (enables the session's compilation cache)
+import gin
+import pytest
+from _sweep_helpers import flags
+
+from prompt_tuning_jax import sweep
+from prompt_tuning_jax.experiments import grid as grid_lib
+from prompt_tuning_jax.experiments import results, runner, selection
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_cells_cover_every_combination_once_in_grid_order():
+  grid = grid_lib.Grid(lengths=[1, 5], inits=["uniform", "text"], seeds=[0, 1])
+  cells = grid_lib.cells(grid)
+  assert len(cells) == 8 and len(set(cells)) == 8
+  assert [c.name for c in cells[:3]] == ["default-L1-uniform-s0", "default-L1-uniform-s1", "default-L5-uniform-s0"]
+
+
+def test_processes_take_cells_round_robin_and_together_take_each_once():
+  cells = grid_lib.cells(grid_lib.Grid(lengths=[1, 5, 20], inits=["uniform", "text"], seeds=[0]))
+  shares = [grid_lib.cells_for_process(cells, i, 4) for i in range(4)]
+  assert shares[1] == [cells[1], cells[5]]
+  assert sorted((c for share in shares for c in share), key=cells.index) == cells
+  assert grid_lib.cells_for_process(cells, 0, 1) == cells
+  assert grid_lib.cells_for_process(cells, 3, 8) == [cells[3]]
+  assert grid_lib.cells_for_process(cells, 7, 8) == []
+
+
+@pytest.mark.parametrize("index,count", [(2, 2), (-1, 2), (0, 0)])
+def test_bad_process_index_or_count_is_refused(index, count):
+  with pytest.raises(ValueError, match="process"):
+    grid_lib.cells_for_process([], index, count)
+
+
+def test_model_axis_multiplies_the_cells():
+  grid = grid_lib.Grid(lengths=[1], inits=["uniform"], seeds=[0],
+                       models={"small": ("models/t5_1_1_small.gin", None), "base": ("models/t5_1_1_base.gin", "/c")})
+  assert [c.name for c in grid_lib.cells(grid)] == ["small-L1-uniform-s0", "base-L1-uniform-s0"]
+
+
+def _write_metrics(model_dir, lines):
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+def test_best_evaluation_is_the_best_by_best_metric_earliest_among_equals(tmp_path):
+  _write_metrics(tmp_path, [
+      {"step": 10, "split": "train", "loss": 9.0},
+      {"step": 10, "split": "validation", "loss": 0.5, "t/acc": 60.0},
+      {"step": 20, "split": "validation", "loss": 0.3, "t/acc": 55.0},
+      {"step": 30, "split": "validation", "loss": 0.3, "t/acc": 70.0},
+      {"step": 40, "split": "validation", "loss": 0.4, "t/acc": 90.0}])
+  step, entry = results.best_evaluation(str(tmp_path), "validation/loss", "min")
+  assert (step, entry["t/acc"]) == (20, 55.0)  # the metric is read at the best checkpoint, not at its own best
+  assert results.best_evaluation(str(tmp_path), "validation/t/acc", "max")[0] == 40
+  assert results.steps_to_reach(str(tmp_path), "validation/t/acc", 65.0, "max") == 30
+  assert results.steps_to_reach(str(tmp_path), "validation/t/acc", 95.0, "max") is None
+  assert results.steps_to_reach(str(tmp_path), "validation/loss", 0.35, "min") == 20
+
+
+def test_a_resumed_run_logging_a_step_twice_counts_the_later_line(tmp_path):
+  _write_metrics(tmp_path, [{"step": 10, "split": "validation", "loss": 0.1},
+                            {"step": 10, "split": "validation", "loss": 0.7},
+                            {"step": 20, "split": "validation", "loss": 0.5}])
+  assert results.best_evaluation(str(tmp_path), "validation/loss", "min")[0] == 20
+
+
+def _row(length, init, seed, value, status="done"):
+  return {"model": "default", "init": init, "prompt_length": length, "seed": seed, "value": value, "status": status}
+
+
+def test_length_selection_by_metric_and_by_penalized_score_side_by_side():
+  rows = [_row(1, "uniform", 0, 40.0), _row(1, "uniform", 1, 60.0),  # mean 50
+          _row(20, "uniform", 0, 80.0), _row(20, "uniform", 1, 82.0),  # mean 81
+          _row(100, "uniform", 0, 88.0), _row(100, "uniform", 1, 86.0),  # mean 87
+          _row(100, "uniform", 2, 10.0, status="failed")]  # not finished: ignored
+  [chosen] = selection.select_lengths(rows, max_length=100, weight=0.1)
+  assert (chosen["best_length"], chosen["best_score"]) == (100, 87.0)
+  # 81 x (1 - 0.1 x 20/100) = 79.38 beats 87 x (1 - 0.1) = 78.3 and 50 x 0.999 = 49.95.
+  assert chosen["penalized_length"] == 20
+  assert chosen["penalized_score"] == pytest.approx(79.38)
+  assert chosen["scores"]["100"] == [pytest.approx(87.0), pytest.approx(78.3)]
+  assert selection.select_lengths(rows, 100, weight=0.0)[0]["penalized_length"] == 100
+
+
+def test_length_selection_of_a_loss_penalizes_upwards_and_prefers_the_shorter_on_ties():
+  rows = [_row(5, "text", 0, 1.0), _row(10, "text", 0, 1.0), _row(50, "text", 0, 0.9)]
+  [chosen] = selection.select_lengths(rows, max_length=50, weight=0.5, mode="min")
+  assert chosen["best_length"] == 50
+  assert chosen["penalized_length"] == 5  # 1.0 x 1.05 < 0.9 x 1.5; 5 and 10 score 1.0 alike unpenalized
+  assert selection.penalized(1.0, 10, 50, 0.5, "min") == pytest.approx(1.1)
+
+
+def _expect_refused(capsys, sweep_dir, fix, *extra, **macros):
+  """The sweep exits 1 with one `sweep: error:` line containing `fix`; the sweep dir is left as it was."""
+  before = sorted(os.walk(sweep_dir)) if os.path.exists(sweep_dir) else None
+  manifest = os.path.join(sweep_dir, runner.MANIFEST_FILE)
+  manifest_text = open(manifest).read() if os.path.isfile(manifest) else None
+  gin.clear_config()
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(flags(sweep_dir, *extra, **macros))
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("sweep: error:")]
+  assert len(errors) == 1 and fix in errors[0], err
+  assert "Traceback" not in err
+  assert (sorted(os.walk(sweep_dir)) if os.path.exists(sweep_dir) else None) == before
+  assert (open(manifest).read() if os.path.isfile(manifest) else None) == manifest_text
+  return errors[0]
+
+
+@pytest.mark.parametrize("axis", ["lengths", "inits", "seeds"])
+def test_empty_grid_is_refused(capsys, tmp_path, axis):
+  _expect_refused(capsys, str(tmp_path / "sweep"), f"Grid.{axis} has no values", **{f"Grid.{axis}": "[]"})
+
+
+def test_length_beyond_max_encoder_length_is_refused(capsys, tmp_path):
+  error = _expect_refused(capsys, str(tmp_path / "sweep"), "raise MAX_ENCODER_LENGTH",
+                          MAX_ENCODER_LENGTH="20", **{"Grid.lengths": "[2, 8]"})
+  assert "default-L8-uniform-s0" in error and "PROMPT_LENGTH 8" in error
+
+
+def test_class_labels_for_a_generation_task_is_refused(capsys, tmp_path):
+  error = _expect_refused(capsys, str(tmp_path / "sweep"), "has no class labels",
+                          **{"Grid.inits": "['uniform', 'class_labels']"})
+  assert "default-L2-class_labels-s0" in error
+
+
+def test_unknown_initializer_is_refused(capsys, tmp_path):
+  _expect_refused(capsys, str(tmp_path / "sweep"), "are not initializers", **{"Grid.inits": "['random']"})
+
+
+def test_a_prompts_file_in_the_stack_is_refused(capsys, tmp_path):
+  _expect_refused(capsys, str(tmp_path / "sweep"), "drop the prompts/ file", "--gin_file=prompts/from_uniform.gin")
+
+
+def test_sweep_dir_holding_another_sweep_is_refused_and_untouched(capsys, tmp_path):
+  sweep_dir = str(tmp_path / "sweep")
+  runner.prepare(*_grid_and_stack(sweep_dir), sweep_dir)  # records the sweep without training a cell
+  assert os.listdir(sweep_dir) == [runner.MANIFEST_FILE]
+  _expect_refused(capsys, sweep_dir, "holds another sweep", **{"Grid.seeds": "[0, 1]"})
+  _expect_refused(capsys, sweep_dir, "holds another sweep", TRAIN_STEPS="6")
+
+
+def test_non_empty_dir_without_a_manifest_is_refused(capsys, tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  _expect_refused(capsys, str(tmp_path), "holds no sweep.json")
+
+
+def test_invalid_cells_are_left_out_and_listed_with_skip_invalid(tmp_path):
+  sweep_dir = str(tmp_path / "sweep")
+  grid, stack = _grid_and_stack(sweep_dir, **{"Grid.inits": "['uniform', 'class_labels']",
+                                              "Grid.skip_invalid": "True"})
+  planned, left_out = runner.plan(grid, stack, sweep_dir)
+  assert [c.name for c in planned] == ["default-L2-uniform-s0", "default-L4-uniform-s0"]
+  assert set(left_out) == {"default-L2-class_labels-s0", "default-L4-class_labels-s0"}
+  assert "has no class labels" in left_out["default-L2-class_labels-s0"]
+  assert planned[grid_lib.Cell("default", 4, "uniform", 0)]["trainable_parameters"] == 4 * 32
+
+
+def _grid_and_stack(sweep_dir, **macros):
+  setup = sweep.configure(flags(sweep_dir, **macros))
+  return setup.grid, setup.stack
+
+
+def test_missing_sweep_dir_is_refused(capsys):
+  with pytest.raises(SystemExit):
+    sweep.main(["--gin_file=models/t5_1_1_tiny.gin"])
+  assert "--sweep_dir is required" in capsys.readouterr().err
