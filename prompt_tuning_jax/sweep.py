@@ -23,9 +23,9 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from prompt_tuning_jax.data import pipeline  # noqa: E402
+from prompt_tuning_jax.experiments import ensemble, results, runner, selection  # noqa: E402
 from prompt_tuning_jax.experiments import grid as grid_lib  # noqa: E402
 from prompt_tuning_jax.experiments import report as report_lib  # noqa: E402
-from prompt_tuning_jax.experiments import runner, selection  # noqa: E402
 from prompt_tuning_jax.training import cli  # noqa: E402
 
 
@@ -41,6 +41,8 @@ def parse_sweep_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str
                       help="w of the length selection score x (1 - w x length / max length)")
   parser.add_argument("--target", type=float, default=None,
                       help="report the first evaluated step whose metric reaches this value")
+  parser.add_argument("--ensemble", action="store_true",
+                      help="also decode each seed's best prompt and score their majority vote (Table 3)")
   parser.add_argument("--report_only", action="store_true", help="train nothing; rewrite the report")
   return parser.parse_known_args(argv)
 
@@ -61,15 +63,18 @@ def configure(argv: Sequence[str]) -> Setup:
   args = cli.parse_flags(rest, __doc__.splitlines()[0])
   if not sweep_args.sweep_dir:
     raise ValueError("--sweep_dir is required; pass a new directory, or an existing sweep's to resume it")
+  if sweep_args.ensemble:
+    ensemble.task_metric(sweep_args.metric or "")  # a decoded metric, checked before any cell trains
   if sweep_args.length_penalty < 0:
     raise ValueError(f"--length_penalty must be at least 0, got {sweep_args.length_penalty}")
   if args.tfds_data_dir:
     pipeline.set_tfds_data_dir(args.tfds_data_dir)
   stack = runner.Stack(args.gin_file, args.gin_bindings, args.gin_search_paths)
   runner.check_stack(stack)
-  # The grid is all that is read from this parse; the stack needs an initializer and a MODEL_DIR to parse.
+  # The grid is all that is read from this parse. Placeholders for what the cells supply: an initializer, the
+  # MODEL_DIR and, with a model axis, the MODEL.
   cli.parse_gin([grid_lib.BUILTIN_INITS["uniform"], *stack.gin_files],
-                [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}"], stack.search_paths)
+                [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}", "MODEL = None"], stack.search_paths)
   process_count = 1 if args.process_count is None else args.process_count
   process_index = 0 if args.process_index is None else args.process_index
   grid_lib.cells_for_process([], process_index, process_count)  # checks the two flags
@@ -83,8 +88,14 @@ def run(argv: Sequence[str]) -> dict:
   planned, invalid = runner.prepare(setup.grid, setup.stack, flags.sweep_dir)
   if not flags.report_only:
     runner.run_cells(setup.grid, setup.stack, flags.sweep_dir, planned, setup.process_index, setup.process_count)
-  report = report_lib.write_report(flags.sweep_dir, setup.grid, flags.metric, flags.metric_mode,
-                                   flags.length_penalty, flags.target, {"left_out": invalid})
+  rows = results.collect(flags.sweep_dir, grid_lib.cells(setup.grid), flags.metric, flags.metric_mode,
+                         flags.target)
+  ensembles = None
+  if flags.ensemble:
+    ensembles = ensemble.ensembles(setup.grid, setup.stack, flags.sweep_dir, rows, flags.metric or "",
+                                   flags.metric_mode)
+  report = report_lib.write_report(flags.sweep_dir, setup.grid, rows, flags.metric, flags.metric_mode,
+                                   flags.length_penalty, flags.target, ensembles, {"left_out": invalid})
   report_lib.print_report(report, len(planned))
   return report
 

@@ -10,8 +10,8 @@ import pytest
 from _sweep_helpers import flags
 
 from prompt_tuning_jax import sweep
+from prompt_tuning_jax.experiments import ensemble, results, runner, selection
 from prompt_tuning_jax.experiments import grid as grid_lib
-from prompt_tuning_jax.experiments import results, runner, selection
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +180,15 @@ def test_missing_sweep_dir_is_refused(capsys):
   with pytest.raises(SystemExit):
     sweep.main(["--gin_file=models/t5_1_1_tiny.gin"])
   assert "--sweep_dir is required" in capsys.readouterr().err
+
+
+def test_majority_vote_takes_the_most_frequent_answer_and_breaks_ties_by_the_earliest_seed():
+  seeds = [["red", "blue", "a b", "x"],
+           ["blue", "blue", "b a", "y"],
+           ["blue", "red", "c", "z"]]
+  assert ensemble.majority_vote(seeds) == ["blue", "blue", "a b", "x"]
+  assert ensemble.majority_vote(seeds[1:]) == ["blue", "blue", "b a", "y"]
+
+
+def test_an_ensemble_needs_a_decoded_metric(capsys, tmp_path):
+  _expect_refused(capsys, str(tmp_path / "sweep"), "decoded metric", "--ensemble", "--metric=validation/loss")

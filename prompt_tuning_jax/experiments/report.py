@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+from prompt_tuning_jax.experiments import ensemble, plots, results, runner, selection
 from prompt_tuning_jax.experiments import grid as grid_lib
-from prompt_tuning_jax.experiments import plots, results, runner, selection
 
 SELECTION_CSV = "length_selection.csv"
+ENSEMBLES_CSV = "ensembles.csv"
 
 
-def write_report(sweep_dir: str, grid: grid_lib.Grid, metric: str | None = None, mode: str = "max",
-                 length_penalty: float = selection.DEFAULT_PENALTY, target: float | None = None,
+def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, Any]], metric: str | None = None,
+                 mode: str = "max", length_penalty: float = selection.DEFAULT_PENALTY, target: float | None = None,
+                 ensembles: Sequence[dict[str, Any]] | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Reads every started cell and writes the table, the length selection and the plots (of finished cells).
+  """Writes the table, the length selection and the plots (of the finished cells) of `rows`.
 
   Args:
     sweep_dir: SWEEP_DIR.
     grid: the sweep's grid.
+    rows: `results.collect`'s rows.
     metric: the reported metric, e.g. 'validation/<task>/sequence_accuracy'; None: each cell's best_metric.
     mode: 'max' if higher `metric` is better, 'min' if lower.
     length_penalty: the weight w of the length selection's penalty.
-    target: with a value, the table gives the first evaluated step reaching it (prompt transfer's measure).
-    extra: more entries for results.json (e.g. ensembles).
+    target: the value `rows` counted steps to (prompt transfer's measure), or None.
+    ensembles: `ensemble.ensembles`'s table, also written as ensembles.csv, or None.
+    extra: more entries for results.json.
 
   Returns:
     results.json's content: {"rows", "length_selection", "files", ...}.
   """
-  if mode not in ("max", "min"):
-    raise ValueError(f"--metric_mode must be 'max' or 'min', got {mode!r}")
   sweep_dir = os.path.abspath(sweep_dir)
-  rows = results.collect(sweep_dir, grid_lib.cells(grid), metric, mode, target)
   reported = metric or (rows[0]["metric"] if rows else "validation/loss")
   chosen = selection.select_lengths(rows, max(grid.lengths), length_penalty, mode)
   files = {"table (CSV)": results.write_csv(os.path.join(sweep_dir, results.RESULTS_CSV), rows),
@@ -44,9 +46,13 @@ def write_report(sweep_dir: str, grid: grid_lib.Grid, metric: str | None = None,
     if len(models) > 1:
       files["plot: metric vs model size"] = plots.plot_sizes(
           os.path.join(sweep_dir, plots.SIZE_PLOT), rows, list(grid.lengths), list(grid.inits), reported)
+  if ensembles is not None:
+    files["ensembles (CSV)"] = results.write_csv(os.path.join(sweep_dir, ENSEMBLES_CSV),
+                                                 ensemble.flat_rows(ensembles), ensemble.COLUMNS)
   files["table (JSON)"] = os.path.join(sweep_dir, results.RESULTS_JSON)
   report = {"metric": reported, "metric_mode": mode, "length_penalty": length_penalty, "target": target,
-            "rows": rows, "length_selection": chosen, "files": files, **(extra or {})}
+            "rows": list(rows), "length_selection": chosen, "ensembles": ensembles, "files": files,
+            **(extra or {})}
   runner.write_json(files["table (JSON)"], report)
   return report
 
@@ -62,6 +68,9 @@ def print_report(report: dict[str, Any], total_cells: int) -> None:
   print(f"\n== prompt length: best by the metric, and by score x (1 {'-' if report['metric_mode'] == 'max' else '+'}"
         f" {report['length_penalty']} x length / max length) ==")
   print("\n".join(results.format_table(report["length_selection"], selection.COLUMNS)))
+  if report.get("ensembles"):
+    print("\n== prompt ensembles: each seed's best prompt, mean, best, majority vote of the decoded answers ==")
+    print("\n".join(results.format_table(ensemble.flat_rows(report["ensembles"]), ensemble.COLUMNS)))
   if report.get("left_out"):
     print("\n== cells left out (Grid.skip_invalid) ==")
     print("\n".join(f"  {name}: {reason}" for name, reason in report["left_out"].items()))

@@ -81,10 +81,22 @@ def parse_cell_gin(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep
   cli.parse_gin(files, bindings, stack.search_paths)
 
 
-def _train_setting(name: str) -> Any:
+def _evaluated(value: Any) -> Any:
+  """A queried gin value with its references (`%MACRO`, `@demo.pretrained_checkpoint_path()`) evaluated."""
+  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+    value = value.scoped_configurable_fn()
+  return value
+
+
+def macro(name: str) -> Any:
+  """The value of gin macro `name`."""
+  return _evaluated(gin.query_parameter(f"%{name}"))
+
+
+def train_setting(name: str) -> Any:
   """`runs.train`'s argument `name` as gin binds it, else its default."""
   try:
-    return gin.query_parameter(f"runs.train.{name}")
+    return _evaluated(gin.query_parameter(f"runs.train.{name}"))
   except ValueError:
     return inspect.signature(runs.train).parameters[name].default
 
@@ -105,8 +117,8 @@ def plan_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir:
     The facts the results are read with: train_steps, best_metric, best_mode, parameter counts.
   """
   parse_cell_gin(grid, cell, stack, sweep_dir)
-  lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
-  max_encoder_length = gin.query_parameter("%MAX_ENCODER_LENGTH")
+  lengths = macro("TASK_FEATURE_LENGTHS")
+  max_encoder_length = macro("MAX_ENCODER_LENGTH")
   if max_encoder_length is not None and cell.prompt_length + lengths["inputs"] > max_encoder_length:
     raise ValueError(f"Grid.lengths holds {cell.prompt_length}: PROMPT_LENGTH {cell.prompt_length} + "
                      f"TASK_FEATURE_LENGTHS['inputs'] {lengths['inputs']} is more than MAX_ENCODER_LENGTH "
@@ -115,10 +127,10 @@ def plan_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir:
   if model.prompt_factory is None:
     raise ValueError("the sweep's gin stack has no prompt; add --gin_file=models/prompt.gin after the model size")
   shapes, _ = runs.abstract_params(model, lengths)  # runs the prompt initializer abstractly
-  trainable, _ = train_state.split_params(shapes, gin.query_parameter("%PROMPT_REGEX"))
+  trainable, _ = train_state.split_params(shapes, macro("PROMPT_REGEX"))
   count = lambda tree: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-  return {"train_steps": int(gin.query_parameter("%TRAIN_STEPS")), "best_metric": _train_setting("best_metric"),
-          "best_mode": _train_setting("best_mode"), "trainable_parameters": count(trainable),
+  return {"train_steps": int(macro("TRAIN_STEPS")), "best_metric": train_setting("best_metric"),
+          "best_mode": train_setting("best_mode"), "trainable_parameters": count(trainable),
           "total_parameters": count(shapes)}
 
 
