@@ -12,7 +12,8 @@ STACK = ["models/t5_1_1_tiny.gin", "models/prompt.gin", "runs/prompt_finetune.gi
 def flags(sweep_dir, *extra: str, _stack: bool = True, **macros: str) -> list[str]:
   """The sweep command line for `sweep_dir`: a 2-cell grid (lengths 2 and 4, uniform, seed 0) by default.
 
-  `_stack=False` leaves out STACK's gin files (pass them in `extra`, e.g. with a model axis).
+  `_stack=False` leaves out STACK's gin files (pass them in `extra`, e.g. with a model axis); a macro given as
+  None is left out.
   """
   values = {"MIXTURE_OR_TASK_NAME": "'synthetic_reverse'", "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 10}",
             "INITIAL_CHECKPOINT_PATH": "None", "TRAIN_STEPS": "4", "BATCH_SIZE": "8", "EVAL_PERIOD": "2",
@@ -21,7 +22,7 @@ def flags(sweep_dir, *extra: str, _stack: bool = True, **macros: str) -> list[st
             "Grid.lengths": "[2, 4]", "Grid.inits": "['uniform']", "Grid.seeds": "[0]"}
   values.update(macros)
   return ([f"--sweep_dir={sweep_dir}"] + [f"--gin_file={f}" for f in (STACK if _stack else [])]
-          + [f"--gin.{name}={value}" for name, value in values.items()] + list(extra))
+          + [f"--gin.{name}={value}" for name, value in values.items() if value is not None] + list(extra))
 
 
 def run(sweep_dir, *extra: str, _stack: bool = True, **macros: str) -> dict:

@@ -103,14 +103,15 @@ def test_a_partial_cell_resumes_through_the_trainer_and_ends_as_an_uninterrupted
 
 @pytest.mark.slow
 def test_model_size_axis_plots_metric_against_parameters(tmp_path):
-  wide = tmp_path / "tiny_wide.gin"
-  wide.write_text(open(os.path.join(os.path.dirname(__file__), "..", "gin_configs", "models", "t5_1_1_tiny.gin"))
-                  .read().replace("emb_dim = 32", "emb_dim = 48"))
+  tiny = open(os.path.join(os.path.dirname(__file__), "..", "gin_configs", "models", "t5_1_1_tiny.gin")).read()
+  tiny = tiny.replace("vocab_size = 128", "vocab_size = 136")  # the synthetic vocabulary has 135 ids
+  (tmp_path / "tiny.gin").write_text(tiny)
+  (tmp_path / "wide.gin").write_text(tiny.replace("emb_dim = 32", "emb_dim = 48"))
   sweep_dir = str(tmp_path / "sweep")
   gin_flags = ["--gin_file=models/prompt.gin", "--gin_file=runs/prompt_finetune.gin"]
+  models = {name: (str(tmp_path / f"{name}.gin"), None) for name in ("tiny", "wide")}
   report = run(sweep_dir, *gin_flags, f"--metric={METRIC}", _stack=False,
-               **{"Grid.lengths": "[2]", "Grid.models": f"{{'tiny': ('models/t5_1_1_tiny.gin', None), "
-                                                       f"'wide': ({str(wide)!r}, None)}}"})
+               **{"Grid.lengths": "[2]", "Grid.models": repr(models), "config.T5Config.vocab_size": None})
   rows = report["rows"]
   assert [row["cell"] for row in rows] == ["tiny-L2-uniform-s0", "wide-L2-uniform-s0"]
   assert rows[0]["total_parameters"] < rows[1]["total_parameters"]
