@@ -5,7 +5,8 @@ the length selection and the paper's Figure 3 plots.
     [--metric=validation/<task>/sequence_accuracy] [--length_penalty=0.1] [--report_only]
 
 The gin stack is `train`'s (gin_configs/, `--gin_file`, `--gin.NAME=VALUE`, ...) without a prompts/ file:
-the grid (`grid.Grid.lengths / inits / seeds / models / source_prompts`) says which initializer each cell gets.
+the grid (`grid.Grid.lengths / inits / seeds / models / source_prompts`) says which initializer each cell
+gets.
 Re-running the same command skips finished cells and resumes a partial one. A job of N processes (hosts) runs
 the same command with `--process_count=N --process_index=i`: process i trains the cells at positions
 j % N == i, each with its own single-process jax (no jax.distributed), into the one shared --sweep_dir; each
@@ -31,11 +32,12 @@ from prompt_tuning_jax.training import cli  # noqa: E402
 
 def parse_sweep_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """The sweep's own flags; the rest are `train`'s (training/cli.py)."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python -m prompt_tuning_jax.sweep",
-                                   add_help=False)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   prog="python -m prompt_tuning_jax.sweep", add_help=False)
   parser.add_argument("--sweep_dir", default=None, help="where the cells and the report go")
   parser.add_argument("--metric", default=None,
-                      help="the reported metric, e.g. validation/<task>/sequence_accuracy (default: best_metric)")
+                      help="the reported metric, e.g. validation/<task>/sequence_accuracy (default: "
+                      "the trainer's best_metric)")
   parser.add_argument("--metric_mode", default="max", choices=("max", "min"), help="max: higher is better")
   parser.add_argument("--length_penalty", type=float, default=selection.DEFAULT_PENALTY,
                       help="w of the length selection score x (1 - w x length / max length)")
@@ -74,7 +76,8 @@ def configure(argv: Sequence[str]) -> Setup:
   # The grid is all that is read from this parse. Placeholders for what the cells supply: an initializer, the
   # MODEL_DIR and, with a model axis, the MODEL.
   cli.parse_gin([grid_lib.BUILTIN_INITS["uniform"], *stack.gin_files],
-                [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}", "MODEL = None"], stack.search_paths)
+                [*stack.gin_bindings, f"MODEL_DIR = {sweep_args.sweep_dir!r}", "MODEL = None"],
+                stack.search_paths)
   process_count = 1 if args.process_count is None else args.process_count
   process_index = 0 if args.process_index is None else args.process_index
   grid_lib.cells_for_process([], process_index, process_count)  # checks the two flags
@@ -87,7 +90,8 @@ def run(argv: Sequence[str]) -> dict:
   flags = setup.flags
   planned, invalid = runner.prepare(setup.grid, setup.stack, flags.sweep_dir)
   if not flags.report_only:
-    runner.run_cells(setup.grid, setup.stack, flags.sweep_dir, planned, setup.process_index, setup.process_count)
+    runner.run_cells(setup.grid, setup.stack, flags.sweep_dir, planned, setup.process_index,
+                     setup.process_count)
   rows = results.collect(flags.sweep_dir, grid_lib.cells(setup.grid), flags.metric, flags.metric_mode,
                          flags.target)
   ensembles = None

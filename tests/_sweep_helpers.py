@@ -15,10 +15,12 @@ def flags(sweep_dir, *extra: str, _stack: bool = True, **macros: str) -> list[st
   `_stack=False` leaves out STACK's gin files (pass them in `extra`, e.g. with a model axis); a macro given as
   None is left out.
   """
-  values = {"MIXTURE_OR_TASK_NAME": "'synthetic_reverse'", "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 10}",
+  values = {"MIXTURE_OR_TASK_NAME": "'synthetic_reverse'",
+            "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 10}",
             "INITIAL_CHECKPOINT_PATH": "None", "TRAIN_STEPS": "4", "BATCH_SIZE": "8", "EVAL_PERIOD": "2",
             "SAVE_PERIOD": "2", "config.T5Config.vocab_size": "136",  # the synthetic vocabulary has 135 ids
-            "runs.train.eval_num_examples": "8", "runs.train.async_checkpointing": "False", "runs.train.log_period": "1",
+            "runs.train.eval_num_examples": "8", "runs.train.async_checkpointing": "False",
+            "runs.train.log_period": "1",
             "Grid.lengths": "[2, 4]", "Grid.inits": "['uniform']", "Grid.seeds": "[0]"}
   values.update(macros)
   return ([f"--sweep_dir={sweep_dir}"] + [f"--gin_file={f}" for f in (STACK if _stack else [])]

@@ -113,7 +113,8 @@ def test_bleu_of_one_sentence_by_hand():
 
 def test_bleu_brevity_penalty_by_hand():
   # Every n-gram of the 4-token prediction is in the 6-token target: BLEU = BP = exp(1 - 6/4).
-  assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on"])["bleu"] == pytest.approx(100 * math.exp(-0.5))
+  scores = metrics.bleu(["the cat sat on the mat"], ["the cat sat on"])
+  assert scores["bleu"] == pytest.approx(100 * math.exp(-0.5))
 
 
 def test_bleu_identical_corpus_is_100_and_disjoint_is_0():

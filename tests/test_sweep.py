@@ -1,17 +1,22 @@
 """The sweep's logic without training: the grid and its partitioning over processes, results read from
-metrics.jsonl, length selection on constructed results, and every bad input refused before a byte is written."""
+metrics.jsonl, length selection on constructed results, and every bad input refused before anything is
+written."""
 
 import json
 import os
 
 import _training_helpers  # noqa: F401 (enables the session's compilation cache)
 import gin
+import numpy as np
 import pytest
 from _sweep_helpers import flags
+from flax import traverse_util
 
 from prompt_tuning_jax import sweep
 from prompt_tuning_jax.experiments import ensemble, results, runner, selection
 from prompt_tuning_jax.experiments import grid as grid_lib
+from prompt_tuning_jax.model import t5
+from prompt_tuning_jax.training import checkpointing, runs
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +30,8 @@ def test_cells_cover_every_combination_once_in_grid_order():
   grid = grid_lib.Grid(lengths=[1, 5], inits=["uniform", "text"], seeds=[0, 1])
   cells = grid_lib.cells(grid)
   assert len(cells) == 8 and len(set(cells)) == 8
-  assert [c.name for c in cells[:3]] == ["default-L1-uniform-s0", "default-L1-uniform-s1", "default-L5-uniform-s0"]
+  assert [c.name for c in cells[:3]] == ["default-L1-uniform-s0", "default-L1-uniform-s1",
+                                         "default-L5-uniform-s0"]
 
 
 def test_processes_take_cells_round_robin_and_together_take_each_once():
@@ -46,7 +52,8 @@ def test_bad_process_index_or_count_is_refused(index, count):
 
 def test_model_axis_multiplies_the_cells():
   grid = grid_lib.Grid(lengths=[1], inits=["uniform"], seeds=[0],
-                       models={"small": ("models/t5_1_1_small.gin", None), "base": ("models/t5_1_1_base.gin", "/c")})
+                       models={"small": ("models/t5_1_1_small.gin", None),
+                               "base": ("models/t5_1_1_base.gin", "/c")})
   assert [c.name for c in grid_lib.cells(grid)] == ["small-L1-uniform-s0", "base-L1-uniform-s0"]
 
 
@@ -64,7 +71,7 @@ def test_best_evaluation_is_the_best_by_best_metric_earliest_among_equals(tmp_pa
       {"step": 30, "split": "validation", "loss": 0.3, "t/acc": 70.0},
       {"step": 40, "split": "validation", "loss": 0.4, "t/acc": 90.0}])
   step, entry = results.best_evaluation(str(tmp_path), "validation/loss", "min")
-  assert (step, entry["t/acc"]) == (20, 55.0)  # the metric is read at the best checkpoint, not at its own best
+  assert (step, entry["t/acc"]) == (20, 55.0)  # read at the best checkpoint, not at its own best
   assert results.best_evaluation(str(tmp_path), "validation/t/acc", "max")[0] == 40
   assert results.steps_to_reach(str(tmp_path), "validation/t/acc", 65.0, "max") == 30
   assert results.steps_to_reach(str(tmp_path), "validation/t/acc", 95.0, "max") is None
@@ -79,7 +86,8 @@ def test_a_resumed_run_logging_a_step_twice_counts_the_later_line(tmp_path):
 
 
 def _row(length, init, seed, value, status="done"):
-  return {"model": "default", "init": init, "prompt_length": length, "seed": seed, "value": value, "status": status}
+  return {"model": "default", "init": init, "prompt_length": length, "seed": seed, "value": value,
+          "status": status}
 
 
 def test_length_selection_by_metric_and_by_penalized_score_side_by_side():
@@ -144,7 +152,8 @@ def test_unknown_initializer_is_refused(capsys, tmp_path):
 
 
 def test_a_prompts_file_in_the_stack_is_refused(capsys, tmp_path):
-  _expect_refused(capsys, str(tmp_path / "sweep"), "drop the prompts/ file", "--gin_file=prompts/from_uniform.gin")
+  _expect_refused(capsys, str(tmp_path / "sweep"), "drop the prompts/ file",
+                  "--gin_file=prompts/from_uniform.gin")
 
 
 def test_sweep_dir_holding_another_sweep_is_refused_and_untouched(capsys, tmp_path):
@@ -192,3 +201,28 @@ def test_majority_vote_takes_the_most_frequent_answer_and_breaks_ties_by_the_ear
 
 def test_an_ensemble_needs_a_decoded_metric(capsys, tmp_path):
   _expect_refused(capsys, str(tmp_path / "sweep"), "decoded metric", "--ensemble", "--metric=validation/loss")
+
+
+def test_a_source_prompt_initializes_its_cells(tmp_path):
+  """Prompt transfer: the cell's stack (prompts/from_file.gin + PROMPT_FILE) starts from the saved prompt."""
+  source = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+  np.save(tmp_path / "source.npy", source)
+  sweep_dir = str(tmp_path / "sweep")
+  sources = repr({"src": str(tmp_path / "source.npy")})
+  grid, stack = _grid_and_stack(sweep_dir, **{"Grid.lengths": "[4]", "Grid.inits": "['uniform', 'src']",
+                                              "Grid.source_prompts": sources})
+  planned, _ = runner.plan(grid, stack, sweep_dir)
+  assert [c.name for c in planned] == ["default-L4-uniform-s0", "default-L4-src-s0"]
+  runner.parse_cell_gin(grid, grid_lib.Cell("default", 4, "src", 0), stack, sweep_dir)
+  model = gin.get_configurable(t5.Transformer)()
+  lengths = runner.macro("TASK_FEATURE_LENGTHS")
+  params = runs.initial_params(model, lengths, None, runner.macro("PROMPT_REGEX"), seed=0)
+  np.testing.assert_array_equal(traverse_util.flatten_dict(params)[checkpointing.PROMPT_PATH], source)
+
+
+def test_a_source_prompt_of_another_length_is_refused(capsys, tmp_path):
+  np.save(tmp_path / "source.npy", np.zeros((3, 32), np.float32))
+  error = _expect_refused(capsys, str(tmp_path / "sweep"), "default-L2-src-s0",
+                          **{"Grid.inits": "['src']",
+                             "Grid.source_prompts": repr({"src": str(tmp_path / "source.npy")})})
+  assert "3" in error

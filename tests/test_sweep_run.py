@@ -13,6 +13,7 @@ import pytest
 from _sweep_helpers import run
 
 from prompt_tuning_jax.experiments import runner
+from prompt_tuning_jax.training import cli
 
 CELLS = ["default-L2-uniform-s0", "default-L4-uniform-s0"]
 METRIC = "validation/synthetic_reverse/token_accuracy"
@@ -23,6 +24,11 @@ def _fresh_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+def _metrics_text(sweep_dir, cell):
+  with open(os.path.join(sweep_dir, runner.CELLS_DIR, cell, "metrics.jsonl")) as f:
+    return f.read()
 
 
 def _train_steps(cell_dir):
@@ -59,7 +65,8 @@ def test_table_and_plot_are_written_with_the_metric_at_the_best_checkpoint(swept
     assert int(row["steps"]) == 4 and int(row["best_step"]) in (2, 4) and float(row["seconds"]) > 0
     assert int(row["trainable_parameters"]) == length * 32  # the tiny model's embed is 32
     with open(os.path.join(sweep_dir, runner.CELLS_DIR, row["cell"], "metrics.jsonl")) as f:
-      at_best = [e for e in map(json.loads, f) if e["split"] == "validation" and e["step"] == int(row["best_step"])]
+      at_best = [e for e in map(json.loads, f)
+                 if e["split"] == "validation" and e["step"] == int(row["best_step"])]
     assert float(row["value"]) == pytest.approx(at_best[-1]["synthetic_reverse/token_accuracy"])
   with open(os.path.join(sweep_dir, "results.json")) as f:
     assert json.load(f)["rows"] == report["rows"]
@@ -73,11 +80,11 @@ def test_table_and_plot_are_written_with_the_metric_at_the_best_checkpoint(swept
 def test_rerun_skips_finished_cells(swept, tmp_path, capsys):
   sweep_dir = str(tmp_path / "copy")
   shutil.copytree(swept[0], sweep_dir)
-  before = {cell: open(os.path.join(sweep_dir, runner.CELLS_DIR, cell, "metrics.jsonl")).read() for cell in CELLS}
+  before = {cell: _metrics_text(sweep_dir, cell) for cell in CELLS}
   run(sweep_dir, f"--metric={METRIC}")
   out = capsys.readouterr().out
   assert all(f"{cell}: finished, skipped" in out for cell in CELLS)
-  after = {cell: open(os.path.join(sweep_dir, runner.CELLS_DIR, cell, "metrics.jsonl")).read() for cell in CELLS}
+  after = {cell: _metrics_text(sweep_dir, cell) for cell in CELLS}
   assert after == before
 
 
@@ -103,7 +110,8 @@ def test_a_partial_cell_resumes_through_the_trainer_and_ends_as_an_uninterrupted
 
 @pytest.mark.slow
 def test_model_size_axis_plots_metric_against_parameters(tmp_path):
-  tiny = open(os.path.join(os.path.dirname(__file__), "..", "gin_configs", "models", "t5_1_1_tiny.gin")).read()
+  with open(os.path.join(cli.DEFAULT_GIN_SEARCH_PATH, "models", "t5_1_1_tiny.gin")) as f:
+    tiny = f.read()
   tiny = tiny.replace("vocab_size = 128", "vocab_size = 136")  # the synthetic vocabulary has 135 ids
   (tmp_path / "tiny.gin").write_text(tiny)
   (tmp_path / "wide.gin").write_text(tiny.replace("emb_dim = 32", "emb_dim = 48"))

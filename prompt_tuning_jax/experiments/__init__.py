@@ -1,1 +1,1 @@
-"""The paper's experiments as grids of real training runs: prompt length x initializer x seed (x model size)."""
+"""The paper's experiments as grids of real training runs: prompt length x initializer x seed (x model)."""

@@ -42,7 +42,7 @@ def majority_vote(predictions: Sequence[Sequence[str]]) -> list[str]:
 
 
 def task_metric(metric: str) -> tuple[str, str]:
-  """'validation/<task>/<name>' -> (task, name); raises for a teacher-forced metric such as validation/loss."""
+  """'validation/<task>/<name>' -> (task, name); raises for a teacher-forced metric (validation/loss)."""
   parts = metric.split("/")
   if len(parts) != 3:
     raise ValueError(f"an ensemble is scored by a decoded metric 'validation/<task>/<name>', not {metric!r}; "
@@ -59,8 +59,8 @@ def decode_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: runner.Stack, s
   lengths = runner.macro("TASK_FEATURE_LENGTHS")
   split = runner.train_setting("eval_split")
   model = gin.get_configurable(t5.Transformer)()
-  initial = runs.initial_params(model, lengths, runner.macro("INITIAL_CHECKPOINT_PATH"), runner.macro("PROMPT_REGEX"),
-                                cell.seed)
+  initial = runs.initial_params(model, lengths, runner.macro("INITIAL_CHECKPOINT_PATH"),
+                                runner.macro("PROMPT_REGEX"), cell.seed)
   prompt = checkpointing.read_step_prompt(runner.cell_dir(sweep_dir, cell), step)
   params = runs.overlay_trained(initial, traverse_util.unflatten_dict({checkpointing.PROMPT_PATH: prompt}),
                                 runner.cell_dir(sweep_dir, cell))
@@ -93,12 +93,14 @@ def ensembles(grid: grid_lib.Grid, stack: runner.Stack, sweep_dir: str, rows: Se
       cell = grid_lib.Cell(model, length, init, row["seed"])
       task, examples, decoded = decode_cell(grid, cell, stack, sweep_dir, row["best_step"])
       if task != task_name:
-        raise ValueError(f"--metric {metric} names task {task_name}, the sweep trains {task}; name its metric")
+        raise ValueError(f"--metric {metric} names task {task_name}, the sweep trains {task}; name the "
+                         "sweep's task")
       scores[str(row["seed"])] = pipeline.compute_metrics(task, examples, decoded)[name]
       predictions.append(decoded)
     voted = pipeline.compute_metrics(task_name, examples, majority_vote(predictions))[name]
     table.append({"model": model, "init": init, "prompt_length": length, "seeds": scores,
-                  "mean": float(np.mean(list(scores.values()))), "best": (max if mode == "max" else min)(scores.values()), "ensemble": voted})
+                  "mean": float(np.mean(list(scores.values()))),
+                  "best": (max if mode == "max" else min)(scores.values()), "ensemble": voted})
   return table
 
 

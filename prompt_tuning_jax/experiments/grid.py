@@ -59,7 +59,7 @@ class Grid:
     specs = {}
     for name, spec in self.models.items():
       if isinstance(spec, str) or len(spec) != 2:
-        raise ValueError(f"Grid.models[{name!r}] is {spec!r}; give (model gin file, checkpoint path or None), "
+        raise ValueError(f"Grid.models[{name!r}] is {spec!r}; give (model gin file, checkpoint or None), "
                          "e.g. ('models/t5_1_1_small.gin', '/ckpts/t5_small')")
       specs[name] = ModelSpec(gin_file=spec[0], checkpoint=spec[1])
     return specs
@@ -96,7 +96,7 @@ def check_grid(grid: Grid) -> None:
       raise ValueError(f"Grid.{axis} {values} repeats a value; list each once")
   bad = [length for length in grid.lengths if not isinstance(length, int) or length <= 0]
   if bad:
-    raise ValueError(f"Grid.lengths {list(grid.lengths)} holds {bad}; prompt lengths must be positive integers")
+    raise ValueError(f"Grid.lengths {list(grid.lengths)} holds {bad}; prompt lengths are positive integers")
   clashes = sorted(set(grid.source_prompts) & set(BUILTIN_INITS))
   if clashes:
     raise ValueError(f"Grid.source_prompts names {clashes} clash with the built-in initializers; rename them")

@@ -13,8 +13,9 @@ SELECTION_CSV = "length_selection.csv"
 ENSEMBLES_CSV = "ensembles.csv"
 
 
-def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, Any]], metric: str | None = None,
-                 mode: str = "max", length_penalty: float = selection.DEFAULT_PENALTY, target: float | None = None,
+def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, Any]],
+                 metric: str | None = None, mode: str = "max",
+                 length_penalty: float = selection.DEFAULT_PENALTY, target: float | None = None,
                  ensembles: Sequence[dict[str, Any]] | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes the table, the length selection and the plots (of the finished cells) of `rows`.
@@ -62,14 +63,17 @@ def print_report(report: dict[str, Any], total_cells: int) -> None:
   done = sum(row["status"] == "done" for row in rows)
   columns = [c for c in results.COLUMNS if c not in ("metric", "best_metric", "total_parameters")
              and (c != "steps_to_target" or report["target"] is not None)]
-  print(f"\n== sweep: {done} of {total_cells} cells finished; value = {report['metric']} at the best checkpoint "
+  print(f"\n== sweep: {done} of {total_cells} cells finished; value = {report['metric']} at the best "
+        "checkpoint "
         f"(by {rows[0]['best_metric'] if rows else '-'}) ==")
   print("\n".join(results.format_table(rows, columns)))
-  print(f"\n== prompt length: best by the metric, and by score x (1 {'-' if report['metric_mode'] == 'max' else '+'}"
+  sign = "-" if report["metric_mode"] == "max" else "+"
+  print(f"\n== prompt length: best by the metric, and by score x (1 {sign}"
         f" {report['length_penalty']} x length / max length) ==")
   print("\n".join(results.format_table(report["length_selection"], selection.COLUMNS)))
   if report.get("ensembles"):
-    print("\n== prompt ensembles: each seed's best prompt, mean, best, majority vote of the decoded answers ==")
+    print("\n== prompt ensembles: each seed's best prompt, mean, best, majority vote of the decoded answers "
+          "==")
     print("\n".join(results.format_table(ensemble.flat_rows(report["ensembles"]), ensemble.COLUMNS)))
   if report.get("left_out"):
     print("\n== cells left out (Grid.skip_invalid) ==")

@@ -1,8 +1,8 @@
 """A sweep's results table: per cell, the reported metric at the best checkpoint, steps, time, parameters.
 
 The trainer keeps the checkpoint with the best `runs.train.best_metric` (default validation/loss, the paper's
-early stopping) and logs every evaluation to MODEL_DIR/metrics.jsonl; the table reads the same evaluations: the
-best step is the evaluated step with the best `best_metric` (the earliest among equals), and the reported
+early stopping) and logs every evaluation to MODEL_DIR/metrics.jsonl; the table reads the same evaluations:
+the best step is the evaluated step with the best `best_metric` (the earliest among equals), and the reported
 metric (e.g. validation/<task>/sequence_accuracy) is read at that step.
 """
 
@@ -27,7 +27,7 @@ COLUMNS = ("cell", "model", "prompt_length", "init", "seed", "status", "metric",
 
 
 def split_metric(name: str) -> tuple[str, str]:
-  """'validation/loss' -> ('validation', 'loss'); 'validation/<task>/accuracy' -> ('validation', '<task>/accuracy')."""
+  """'validation/loss' -> ('validation', 'loss'); 'validation/<task>/acc' -> ('validation', '<task>/acc')."""
   split, sep, key = name.partition("/")
   if not sep or not key:
     raise ValueError(f"metric {name!r} is not '<split>/<name>', e.g. 'validation/loss'")
@@ -78,8 +78,9 @@ def cell_row(sweep_dir: str, cell: grid_lib.Cell, metric: str | None, mode: str,
   train_steps = [e["step"] for e in read_metrics(model_dir) if e["split"] == "train"]
   row = {"cell": cell.name, **dataclasses.asdict(cell), "status": status["status"], "metric": metric,
          "value": None, "best_metric": status["best_metric"], "best_value": None, "best_step": None,
-         "steps": max(train_steps, default=0), "steps_to_target": None, "seconds": round(status["seconds"], 1),
-         "trainable_parameters": status["trainable_parameters"], "total_parameters": status["total_parameters"]}
+         "steps": max(train_steps, default=0), "steps_to_target": None,
+         "seconds": round(status["seconds"], 1), "trainable_parameters": status["trainable_parameters"],
+         "total_parameters": status["total_parameters"]}
   if best is not None:
     step, entry = best
     row.update(best_step=step, best_value=entry[split_metric(status["best_metric"])[1]],

@@ -48,7 +48,8 @@ def cell_dir(sweep_dir: str, cell: grid_lib.Cell) -> str:
   return os.path.join(sweep_dir, CELLS_DIR, cell.name)
 
 
-def cell_stack(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir: str) -> tuple[list[str], list[str]]:
+def cell_stack(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack,
+               sweep_dir: str) -> tuple[list[str], list[str]]:
   """(gin files, bindings) of one cell's training run.
 
   The initializer file goes first: prompts/from_class_labels.gin declares CLASS_LABELS required, and the run
@@ -105,8 +106,8 @@ def check_stack(stack: Stack) -> None:
   """The sweep supplies the initializer per cell, so the stack must not hold one of gin_configs/prompts/."""
   for gin_file in stack.gin_files:
     if os.path.normpath(gin_file).startswith(f"prompts{os.sep}"):
-      raise ValueError(f"--gin_file={gin_file}: the sweep adds each cell's initializer itself (Grid.inits); drop "
-                       "the prompts/ file from the stack")
+      raise ValueError(f"--gin_file={gin_file}: the sweep adds each cell's initializer itself (Grid.inits); "
+                       "drop the prompts/ file from the stack")
 
 
 def plan_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir: str) -> dict[str, Any]:
@@ -122,10 +123,12 @@ def plan_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir:
   if max_encoder_length is not None and cell.prompt_length + lengths["inputs"] > max_encoder_length:
     raise ValueError(f"Grid.lengths holds {cell.prompt_length}: PROMPT_LENGTH {cell.prompt_length} + "
                      f"TASK_FEATURE_LENGTHS['inputs'] {lengths['inputs']} is more than MAX_ENCODER_LENGTH "
-                     f"{max_encoder_length}; drop that length, shorten the inputs or raise MAX_ENCODER_LENGTH")
+                     f"{max_encoder_length}; drop that length, shorten the inputs or raise "
+                     "MAX_ENCODER_LENGTH")
   model = gin.get_configurable(t5.Transformer)()
   if model.prompt_factory is None:
-    raise ValueError("the sweep's gin stack has no prompt; add --gin_file=models/prompt.gin after the model size")
+    raise ValueError("the sweep's gin stack has no prompt; add --gin_file=models/prompt.gin after the model "
+                     "size")
   shapes, _ = runs.abstract_params(model, lengths)  # runs the prompt initializer abstractly
   trainable, _ = train_state.split_params(shapes, macro("PROMPT_REGEX"))
   count = lambda tree: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
@@ -136,7 +139,7 @@ def plan_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir:
 
 def plan(grid: grid_lib.Grid, stack: Stack,
          sweep_dir: str) -> tuple[dict[grid_lib.Cell, dict[str, Any]], dict[str, str]]:
-  """`plan_cell` of every cell (the seeds of a cell share one check), so every cell is valid before any trains.
+  """`plan_cell` of every cell (the seeds of a cell share one check): all are valid before any trains.
 
   Returns:
     ({cell: its facts}, {name of a cell left out: why}); cells are left out only with `Grid.skip_invalid`,
@@ -172,7 +175,7 @@ def manifest(grid: grid_lib.Grid, stack: Stack) -> dict[str, Any]:
 
 
 def check_sweep_dir(sweep_dir: str, expected: Mapping[str, Any]) -> bool:
-  """Whether SWEEP_DIR already holds this sweep (True), is new or empty (False); raises if it holds another."""
+  """Whether SWEEP_DIR holds this sweep (True) or is new or empty (False); raises if it holds another."""
   if not os.path.exists(sweep_dir):
     return False
   if not os.path.isdir(sweep_dir):
@@ -180,16 +183,16 @@ def check_sweep_dir(sweep_dir: str, expected: Mapping[str, Any]) -> bool:
   path = os.path.join(sweep_dir, MANIFEST_FILE)
   if not os.path.isfile(path):
     if os.listdir(sweep_dir):
-      raise ValueError(f"--sweep_dir {sweep_dir} is not empty and holds no {MANIFEST_FILE}; pass a new or empty "
-                       "directory")
+      raise ValueError(f"--sweep_dir {sweep_dir} is not empty and holds no {MANIFEST_FILE}; pass a new or "
+                       "empty directory")
     return False
   with open(path) as f:
     found = json.load(f)
   differing = sorted(key for key in {*found, *expected} if found.get(key) != expected.get(key))
   if differing:
     raise ValueError(f"--sweep_dir {sweep_dir} holds another sweep (its {MANIFEST_FILE} differs in "
-                     f"{', '.join(differing)}); pass a new --sweep_dir, or the original gin files and bindings "
-                     "to resume it")
+                     f"{', '.join(differing)}); pass a new --sweep_dir, or the original gin files and "
+                     "bindings to resume it")
   return True
 
 
@@ -238,7 +241,7 @@ def run_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir: 
 
 def prepare(grid: grid_lib.Grid, stack: Stack,
             sweep_dir: str) -> tuple[dict[grid_lib.Cell, dict[str, Any]], dict[str, str]]:
-  """Checks the grid, the stack and SWEEP_DIR, then (only then) writes the manifest. Returns `plan`'s result."""
+  """Checks the grid, the stack and SWEEP_DIR, then (only then) writes the manifest; returns `plan`'s."""
   sweep_dir = os.path.abspath(sweep_dir)
   expected = manifest(grid, stack)
   exists = check_sweep_dir(sweep_dir, expected)
@@ -249,8 +252,9 @@ def prepare(grid: grid_lib.Grid, stack: Stack,
   return planned
 
 
-def run_cells(grid: grid_lib.Grid, stack: Stack, sweep_dir: str, planned: Mapping[grid_lib.Cell, Mapping[str, Any]],
-              process_index: int = 0, process_count: int = 1) -> list[dict[str, Any]]:
+def run_cells(grid: grid_lib.Grid, stack: Stack, sweep_dir: str,
+              planned: Mapping[grid_lib.Cell, Mapping[str, Any]], process_index: int = 0,
+              process_count: int = 1) -> list[dict[str, Any]]:
   """Runs this process's share of the cells, one after another; returns their statuses."""
   sweep_dir = os.path.abspath(sweep_dir)
   mine = grid_lib.cells_for_process(list(planned), process_index, process_count)

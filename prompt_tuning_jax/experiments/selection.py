@@ -29,7 +29,8 @@ def mean_scores(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict
   values: dict[tuple[str, str], dict[int, list[float]]] = {}
   for row in rows:
     if row["status"] == "done" and row["value"] is not None:
-      values.setdefault((row["model"], row["init"]), {}).setdefault(row["prompt_length"], []).append(row["value"])
+      group = values.setdefault((row["model"], row["init"]), {})
+      group.setdefault(row["prompt_length"], []).append(row["value"])
   return {group: {length: float(np.mean(v)) for length, v in sorted(by_length.items())}
           for group, by_length in values.items()}
 
