@@ -65,6 +65,9 @@ def configure(argv: Sequence[str]) -> Setup:
   args = cli.parse_flags(rest, __doc__.splitlines()[0])
   if not sweep_args.sweep_dir:
     raise ValueError("--sweep_dir is required; pass a new directory, or an existing sweep's to resume it")
+  if args.coordinator_address:
+    raise ValueError("--coordinator_address: the sweep's processes are independent single-process jax runs; "
+                     "drop it and pass --process_count and --process_index only")
   if sweep_args.ensemble:
     ensemble.task_metric(sweep_args.metric or "")  # a decoded metric, checked before any cell trains
   if sweep_args.length_penalty < 0:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,14 @@ def _spread(rows: Sequence[Mapping[str, Any]], x_key: str, **match: Any) -> tupl
       by_x.setdefault(row[x_key], []).append(row["value"])
   xs = sorted(by_x)
   return (xs, [float(np.mean(by_x[x])) for x in xs], [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs])
+
+
+def _save(fig, path: str) -> str:
+  """Writes the figure through a temporary file, so another process of the job never reads half a PNG."""
+  tmp = f"{path}.tmp{os.getpid()}.png"
+  fig.savefig(tmp, dpi=100)
+  os.replace(tmp, path)
+  return path
 
 
 def _label(metric: str) -> str:
@@ -64,7 +73,7 @@ def plot_lengths(path: str, rows: Sequence[Mapping[str, Any]], models: Sequence[
     ax.minorticks_off()
     ax.legend(title="initializer")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -89,6 +98,6 @@ def plot_sizes(path: str, rows: Sequence[Mapping[str, Any]], lengths: Sequence[i
   by_length.legend(title="prompt length")
   by_init.legend(title="initializer")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   plt.close(fig)
   return path
