@@ -226,3 +226,9 @@ def test_a_source_prompt_of_another_length_is_refused(capsys, tmp_path):
                           **{"Grid.inits": "['src']",
                              "Grid.source_prompts": repr({"src": str(tmp_path / "source.npy")})})
   assert "3" in error
+
+
+def test_a_sweep_dir_another_process_is_just_creating_counts_as_new(tmp_path):
+  (tmp_path / ".write_test_123_0").write_text("probe")
+  (tmp_path / f"{runner.MANIFEST_FILE}.tmp77").write_text("{")
+  assert runner.check_sweep_dir(str(tmp_path), {"version": 1}) is False
