@@ -232,3 +232,13 @@ def test_a_sweep_dir_another_process_is_just_creating_counts_as_new(tmp_path):
   (tmp_path / ".write_test_123_0").write_text("probe")
   (tmp_path / f"{runner.MANIFEST_FILE}.tmp77").write_text("{")
   assert runner.check_sweep_dir(str(tmp_path), {"version": 1}) is False
+
+
+def test_steps_to_target_summary_counts_the_seeds_that_reached_it():
+  rows = [{**_row(20, "src", 0, 90.0), "steps_to_target": 40}, {**_row(20, "src", 1, 80.0), "steps_to_target": 60},
+          {**_row(20, "uniform", 0, 50.0), "steps_to_target": None},
+          {**_row(20, "uniform", 1, 95.0), "steps_to_target": 100}]
+  src, uniform = results.steps_to_target_summary(rows)
+  assert (src["reached"], src["mean_steps_to_target"], src["steps_to_target"]) == ("2/2", 50.0, "40 60")
+  assert (uniform["reached"], uniform["mean_steps_to_target"], uniform["steps_to_target"]) == ("1/2", 100.0,
+                                                                                                "None 100")

@@ -11,6 +11,7 @@ from prompt_tuning_jax.experiments import grid as grid_lib
 
 SELECTION_CSV = "length_selection.csv"
 ENSEMBLES_CSV = "ensembles.csv"
+TARGET_CSV = "steps_to_target.csv"
 
 
 def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, Any]],
@@ -27,7 +28,8 @@ def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, A
     metric: the reported metric, e.g. 'validation/<task>/sequence_accuracy'; None: each cell's best_metric.
     mode: 'max' if higher `metric` is better, 'min' if lower.
     length_penalty: the weight w of the length selection's penalty.
-    target: the value `rows` counted steps to (prompt transfer's measure), or None.
+    target: the value `rows` counted steps to (prompt transfer's measure), or None; with a value, also
+      steps_to_target.csv, the steps per (model, initializer, length).
     ensembles: `ensemble.ensembles`'s table, also written as ensembles.csv, or None.
     extra: more entries for results.json.
 
@@ -47,12 +49,18 @@ def write_report(sweep_dir: str, grid: grid_lib.Grid, rows: Sequence[dict[str, A
     if len(models) > 1:
       files["plot: metric vs model size"] = plots.plot_sizes(
           os.path.join(sweep_dir, plots.SIZE_PLOT), rows, list(grid.lengths), list(grid.inits), reported)
+  targets = None
+  if target is not None:
+    targets = results.steps_to_target_summary(rows)
+    files["steps to target (CSV)"] = results.write_csv(os.path.join(sweep_dir, TARGET_CSV), targets,
+                                                       results.TARGET_COLUMNS)
   if ensembles is not None:
     files["ensembles (CSV)"] = results.write_csv(os.path.join(sweep_dir, ENSEMBLES_CSV),
                                                  ensemble.flat_rows(ensembles), ensemble.COLUMNS)
   files["table (JSON)"] = os.path.join(sweep_dir, results.RESULTS_JSON)
   report = {"metric": reported, "metric_mode": mode, "length_penalty": length_penalty, "target": target,
-            "rows": list(rows), "length_selection": chosen, "ensembles": ensembles, "files": files,
+            "rows": list(rows), "length_selection": chosen, "steps_to_target": targets,
+            "ensembles": ensembles, "files": files,
             **(extra or {})}
   runner.write_json(files["table (JSON)"], report)
   return report
@@ -71,6 +79,11 @@ def print_report(report: dict[str, Any], total_cells: int) -> None:
   print(f"\n== prompt length: best by the metric, and by score x (1 {sign}"
         f" {report['length_penalty']} x length / max length) ==")
   print("\n".join(results.format_table(report["length_selection"], selection.COLUMNS)))
+  if report.get("steps_to_target"):
+    reach = ">=" if report["metric_mode"] == "max" else "<="
+    print(f"\n== steps to reach {report['metric']} {reach} {report['target']} (evaluated steps; seeds in "
+          "grid order) ==")
+    print("\n".join(results.format_table(report["steps_to_target"], results.TARGET_COLUMNS)))
   if report.get("ensembles"):
     print("\n== prompt ensembles: each seed's best prompt, mean, best, majority vote of the decoded answers "
           "==")

@@ -97,6 +97,26 @@ def collect(sweep_dir: str, cells: Sequence[grid_lib.Cell], metric: str | None, 
   return [row for row in rows if row is not None]
 
 
+TARGET_COLUMNS = ("model", "init", "prompt_length", "reached", "mean_steps_to_target", "steps_to_target")
+
+
+def steps_to_target_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Per (model, initializer, length): how many finished seeds reached the target, their mean steps to it, and
+  each seed's (None: never within TRAIN_STEPS) — e.g. prompt transfer against a fresh initialization."""
+  groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+  for row in rows:
+    if row["status"] == "done":
+      groups.setdefault((row["model"], row["init"], row["prompt_length"]), []).append(row)
+  summary = []
+  for (model, init, length), members in groups.items():
+    reached = [r["steps_to_target"] for r in members if r["steps_to_target"] is not None]
+    summary.append({"model": model, "init": init, "prompt_length": length,
+                    "reached": f"{len(reached)}/{len(members)}",
+                    "mean_steps_to_target": float(sum(reached) / len(reached)) if reached else None,
+                    "steps_to_target": " ".join(str(r["steps_to_target"]) for r in members)})
+  return summary
+
+
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w", newline="") as f:
