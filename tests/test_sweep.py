@@ -242,3 +242,11 @@ def test_steps_to_target_summary_counts_the_seeds_that_reached_it():
   assert (src["reached"], src["mean_steps_to_target"], src["steps_to_target"]) == ("2/2", 50.0, "40 60")
   assert (uniform["reached"], uniform["mean_steps_to_target"], uniform["steps_to_target"]) == ("1/2", 100.0,
                                                                                                 "None 100")
+
+
+def test_by_length_table_gives_mean_and_seed_range_per_initializer():
+  rows = [_row(1, "uniform", 0, 40.0), _row(1, "uniform", 1, 60.0), _row(20, "uniform", 0, 80.0),
+          _row(20, "text", 0, 99.0), _row(20, "text", 1, 10.0, status="running")]
+  uniform, text = results.by_length(rows, [1, 20])
+  assert uniform == {"model": "default", "init": "uniform", "L1": "50.0 (40-60)", "L20": "80.0 (80-80)"}
+  assert text == {"model": "default", "init": "text", "L1": None, "L20": "99.0 (99-99)"}

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from prompt_tuning_jax.experiments import results
+
 LENGTH_PLOT = "length.png"
 SIZE_PLOT = "size.png"
 
@@ -29,10 +31,7 @@ def _pyplot():
 
 def _spread(rows: Sequence[Mapping[str, Any]], x_key: str, **match: Any) -> tuple[list, list, list, list]:
   """(x, mean, min, max) over the seeds of the finished rows matching `match`, by ascending x."""
-  by_x: dict[Any, list[float]] = {}
-  for row in rows:
-    if row["status"] == "done" and row["value"] is not None and all(row[k] == v for k, v in match.items()):
-      by_x.setdefault(row[x_key], []).append(row["value"])
+  by_x = {x: values for (x,), values in results.values_by(rows, x_key, **match).items()}
   xs = sorted(by_x)
   return (xs, [float(np.mean(by_x[x])) for x in xs], [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs])
 

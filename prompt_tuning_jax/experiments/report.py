@@ -75,6 +75,10 @@ def print_report(report: dict[str, Any], total_cells: int) -> None:
         "checkpoint "
         f"(by {rows[0]['best_metric'] if rows else '-'}) ==")
   print("\n".join(results.format_table(rows, columns)))
+  lengths = sorted({row["prompt_length"] for row in rows})
+  print(f"\n== {report['metric']}: mean over seeds (min-max), by initializer and prompt length ==")
+  print("\n".join(results.format_table(results.by_length(rows, lengths),
+                                       ["model", "init", *(f"L{length}" for length in lengths)])))
   sign = "-" if report["metric_mode"] == "max" else "+"
   print(f"\n== prompt length: best by the metric, and by score x (1 {sign}"
         f" {report['length_penalty']} x length / max length) ==")

@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from prompt_tuning_jax.demo import read_metrics
 from prompt_tuning_jax.experiments import grid as grid_lib
 from prompt_tuning_jax.experiments import runner
@@ -95,6 +97,30 @@ def collect(sweep_dir: str, cells: Sequence[grid_lib.Cell], metric: str | None, 
   """The rows of the cells that have started, in grid order."""
   rows = [cell_row(sweep_dir, cell, metric, mode, target) for cell in cells]
   return [row for row in rows if row is not None]
+
+
+def values_by(rows: Sequence[Mapping[str, Any]], *fields: str, **match: Any) -> dict[tuple, list[float]]:
+  """The finished rows' values grouped by `fields`, in row order: values_by(rows, "init", "prompt_length") ->
+  {("uniform", 20): [seed 0's, seed 1's], ...}; only rows whose `match` fields have the given values."""
+  groups: dict[tuple, list[float]] = {}
+  for row in rows:
+    if row["status"] == "done" and row["value"] is not None and all(row[k] == v for k, v in match.items()):
+      groups.setdefault(tuple(row[f] for f in fields), []).append(row["value"])
+  return groups
+
+
+def by_length(rows: Sequence[Mapping[str, Any]], lengths: Sequence[int]) -> list[dict[str, Any]]:
+  """The table of the length plot: per (model, initializer), per prompt length, 'mean (min-max)' of the
+  finished seeds' values ('-' where none finished)."""
+  values = values_by(rows, "model", "init", "prompt_length")
+  table = []
+  for model, init in dict.fromkeys((model, init) for model, init, _ in values):
+    entry: dict[str, Any] = {"model": model, "init": init}
+    for length in lengths:
+      v = values.get((model, init, length))
+      entry[f"L{length}"] = f"{np.mean(v):.1f} ({min(v):.0f}-{max(v):.0f})" if v else None
+    table.append(entry)
+  return table
 
 
 TARGET_COLUMNS = ("model", "init", "prompt_length", "reached", "mean_steps_to_target", "steps_to_target")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from prompt_tuning_jax.experiments import results
+
 DEFAULT_PENALTY = 0.1
 COLUMNS = ("model", "init", "best_length", "best_score", "penalized_length", "penalized_length_score",
            "penalized_score")
@@ -25,14 +27,11 @@ def penalized(score: float, length: int, max_length: int, weight: float, mode: s
 
 
 def mean_scores(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
-  """{(model, init): {length: mean over seeds of `value`}} over the rows of finished cells with a value."""
-  values: dict[tuple[str, str], dict[int, list[float]]] = {}
-  for row in rows:
-    if row["status"] == "done" and row["value"] is not None:
-      group = values.setdefault((row["model"], row["init"]), {})
-      group.setdefault(row["prompt_length"], []).append(row["value"])
-  return {group: {length: float(np.mean(v)) for length, v in sorted(by_length.items())}
-          for group, by_length in values.items()}
+  """{(model, init): {length: mean over seeds of `value`}, lengths ascending} over the finished rows."""
+  means: dict[tuple[str, str], dict[int, float]] = {}
+  for (model, init, length), values in results.values_by(rows, "model", "init", "prompt_length").items():
+    means.setdefault((model, init), {})[length] = float(np.mean(values))
+  return {group: dict(sorted(by_length.items())) for group, by_length in means.items()}
 
 
 def select_lengths(rows: Sequence[Mapping[str, Any]], max_length: int, weight: float = DEFAULT_PENALTY,
