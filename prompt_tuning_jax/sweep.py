@@ -2,12 +2,12 @@ r"""Sweeps prompt length x initializer x seed (x model size): one real training 
 the length selection and the paper's Figure 3 plots.
 
   python -m prompt_tuning_jax.sweep --gin_file=sweeps/demo.gin --sweep_dir=/tmp/sweep \
-    [--metric=validation/<task>/sequence_accuracy] [--length_penalty=0.1] [--report_only]
+    [--metric=validation/<task>/sequence_accuracy] [--metric_mode=max] [--length_penalty=0.1] \
+    [--ensemble] [--target=90] [--report_only]
 
 The gin stack is `train`'s (gin_configs/, `--gin_file`, `--gin.NAME=VALUE`, ...) without a prompts/ file:
 the grid (`grid.Grid.lengths / inits / seeds / models / source_prompts`) says which initializer each cell
-gets.
-Re-running the same command skips finished cells and resumes a partial one. A job of N processes (hosts) runs
+gets. Re-running the same command skips finished cells and resumes a partial one. A job of N processes (hosts) runs
 the same command with `--process_count=N --process_index=i`: process i trains the cells at positions
 j % N == i, each with its own single-process jax (no jax.distributed), into the one shared --sweep_dir; each
 writes the report of the cells finished so far when its share is done (or rerun with --report_only).

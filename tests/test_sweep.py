@@ -235,7 +235,8 @@ def test_a_sweep_dir_another_process_is_just_creating_counts_as_new(tmp_path):
 
 
 def test_steps_to_target_summary_counts_the_seeds_that_reached_it():
-  rows = [{**_row(20, "src", 0, 90.0), "steps_to_target": 40}, {**_row(20, "src", 1, 80.0), "steps_to_target": 60},
+  rows = [{**_row(20, "src", 0, 90.0), "steps_to_target": 40},
+          {**_row(20, "src", 1, 80.0), "steps_to_target": 60},
           {**_row(20, "uniform", 0, 50.0), "steps_to_target": None},
           {**_row(20, "uniform", 1, 95.0), "steps_to_target": 100}]
   src, uniform = results.steps_to_target_summary(rows)
@@ -250,3 +251,13 @@ def test_by_length_table_gives_mean_and_seed_range_per_initializer():
   uniform, text = results.by_length(rows, [1, 20])
   assert uniform == {"model": "default", "init": "uniform", "L1": "50.0 (40-60)", "L20": "80.0 (80-80)"}
   assert text == {"model": "default", "init": "text", "L1": None, "L20": "99.0 (99-99)"}
+
+
+@pytest.mark.parametrize("status", ["done", "failed"])
+def test_a_finished_or_diverged_cell_is_not_run_again(tmp_path, status):
+  cell = grid_lib.Cell("default", 2, "uniform", 0)
+  os.makedirs(runner.cell_dir(str(tmp_path), cell))
+  recorded = {"status": status, "seconds": 3.0}
+  runner.write_json(os.path.join(runner.cell_dir(str(tmp_path), cell), runner.CELL_FILE), recorded)
+  stack = runner.Stack(gin_files=["does/not/exist.gin"], gin_bindings=[])  # parsing it would fail
+  assert runner.run_cell(grid_lib.Grid(lengths=[2]), cell, stack, str(tmp_path), {}) == recorded

@@ -128,5 +128,6 @@ def cells_for_process(all_cells: Sequence[Cell], process_index: int, process_cou
   return [cell for i, cell in enumerate(all_cells) if i % process_count == process_index]
 
 
-def init_gin_file(grid: Grid, init: str) -> str:
+def init_gin_file(init: str) -> str:
+  """The gin file of initializer `init` (a source prompt's is prompts/from_file.gin)."""
   return BUILTIN_INITS.get(init, SOURCE_INIT_GIN)

@@ -2,13 +2,15 @@
 
   SWEEP_DIR/sweep.json             the manifest: grid, gin files and bindings; a different sweep is refused
   SWEEP_DIR/cells/<cell>/          the cell's MODEL_DIR (checkpoints, metrics.jsonl, config.gin, ...)
-  SWEEP_DIR/cells/<cell>/sweep_cell.json   the cell's status ('running', 'done', 'failed'), wall seconds,
-                                   parameter counts and the trainer settings its results are read with
+  SWEEP_DIR/cells/<cell>/sweep_cell.json   the cell's status ('running', 'partial', 'done', 'failed': it
+                                   diverged), wall seconds over all sessions, parameter counts, the trainer
+                                   settings its results are read with, and its `train` command
 
 Each cell is a real `runs.train` (what `python -m prompt_tuning_jax.train` calls) on the gin stack
   <initializer gin> [<model gin>] <the sweep's gin files> <the sweep's bindings> <the cell's bindings>
-so a cell is exactly the train command `train_command` prints. A finished cell is skipped; a partial one
-resumes from its latest checkpoint through the trainer's own resume.
+so a cell is exactly the train command `train_command` prints. A finished cell is skipped, and so is a failed
+one (its rerun would diverge at the same step: the run is deterministic); a partial one resumes from its
+latest checkpoint through the trainer's own resume.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MANIFEST_FILE = "sweep.json"
 CELLS_DIR = "cells"
 CELL_FILE = "sweep_cell.json"
 MANIFEST_VERSION = 1
+FINAL_STATUSES = ("done", "failed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,7 @@ def cell_stack(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack,
   The initializer file goes first: prompts/from_class_labels.gin declares CLASS_LABELS required, and the run
   files after it (runs/prompt_finetune.gin) bind it to the task's labels; bindings override everything.
   """
-  files = [grid_lib.init_gin_file(grid, cell.init)]
+  files = [grid_lib.init_gin_file(cell.init)]
   bindings = [f"MODEL_DIR = {cell_dir(sweep_dir, cell)!r}", f"PROMPT_LENGTH = {cell.prompt_length}",
               f"runs.train.seed = {cell.seed}"]
   if cell.init in grid.source_prompts:
@@ -215,9 +218,10 @@ def read_cell_status(sweep_dir: str, cell: grid_lib.Cell) -> dict[str, Any] | No
 
 def run_cell(grid: grid_lib.Grid, cell: grid_lib.Cell, stack: Stack, sweep_dir: str,
              facts: Mapping[str, Any]) -> dict[str, Any]:
-  """Trains one cell (resuming it if partial) and records its status; a finished cell is returned as is."""
+  """Trains one cell (resuming it if partial) and records its status; a finished or failed cell is returned as
+  it is."""
   status = read_cell_status(sweep_dir, cell)
-  if status is not None and status["status"] == "done":
+  if status is not None and status["status"] in FINAL_STATUSES:
     return status
   seconds = status["seconds"] if status else 0.0
   directory = cell_dir(sweep_dir, cell)
@@ -261,8 +265,8 @@ def run_cells(grid: grid_lib.Grid, stack: Stack, sweep_dir: str,
   mine = grid_lib.cells_for_process(list(planned), process_index, process_count)
   statuses = []
   for number, cell in enumerate(mine, 1):
-    done = (read_cell_status(sweep_dir, cell) or {}).get("status") == "done"
-    print(f"sweep: cell {number}/{len(mine)} {cell.name}: {'finished, skipped' if done else 'training'}",
-          flush=True)
+    status = (read_cell_status(sweep_dir, cell) or {}).get("status")
+    doing = {"done": "finished, skipped", "failed": "diverged before, skipped"}.get(status, "training")
+    print(f"sweep: cell {number}/{len(mine)} {cell.name}: {doing}", flush=True)
     statuses.append(run_cell(grid, cell, stack, sweep_dir, planned[cell]))
   return statuses
