@@ -1,10 +1,10 @@
-"""BillSum tasks under mocked TFDS: prefix or none, summary targets, ROUGE metrics."""
+"""BillSum tasks under mocked TFDS: prefix or none, summary targets, ROUGE and BLEU metrics."""
 
 import pytest
 import tensorflow_datasets as tfds
 from _data_helpers import mock_tfds, using_test_vocabulary
 
-from prompt_tuning_jax.data import billsum, pipeline, tasks
+from prompt_tuning_jax.data import billsum, metrics, pipeline, tasks
 
 LENGTHS = {"inputs": 48, "targets": 24}
 
@@ -38,13 +38,17 @@ def test_billsum_has_train_validation_and_both_test_splits(mocked_billsum, split
   assert _examples(billsum.TASK_NAME, split)
 
 
-def test_billsum_scores_its_own_summaries_as_perfect_rouge(mocked_billsum):
+def test_billsum_scores_its_own_summaries_as_perfect_rouge_and_reports_bleu(mocked_billsum):
   examples = _examples(billsum.TASK_NAME)
   scores = pipeline.compute_metrics(billsum.TASK_NAME, examples,
                                     [ex["targets_pretokenized"].decode() for ex in examples])
-  assert set(scores) == {"rouge1", "rouge2", "rougeLsum"}
+  assert set(scores) == {"rouge1", "rouge2", "rougeLsum", "bleu"}
   # (Mock summaries can be one word long, which has no bigram for ROUGE-2 to match.)
   assert scores["rouge1"] == pytest.approx(100.0) and scores["rougeLsum"] == pytest.approx(100.0)
+  # Mock summaries are too short for 4-grams, where corpus BLEU is 0 by definition; test_data_metrics.py
+  # checks BLEU's values.
+  summaries = [ex["targets_pretokenized"].decode() for ex in examples]
+  assert scores["bleu"] == pytest.approx(metrics.bleu(summaries, summaries)["bleu"])
 
 
 def test_billsum_has_no_class_labels():

@@ -1,6 +1,9 @@
 """Metrics and postprocessors against values computed by hand."""
 
+import math
+
 import pytest
+import sacrebleu
 
 from prompt_tuning_jax.data import metrics, postprocessors
 
@@ -100,6 +103,49 @@ def test_rouge_lsum_matches_sentence_by_sentence():
   target = "The bill funds roads. It also taxes fuel."
   prediction = "It also taxes fuel. The bill funds roads."
   assert metrics.rouge([target], [prediction])["rougeLsum"] == pytest.approx(100.0)
+
+
+def test_bleu_of_one_sentence_by_hand():
+  # 1..4-gram precisions 5/6 ("the" clipped to once), 3/5, 2/4, 1/3; equal lengths, so no brevity penalty.
+  scores = metrics.bleu(["the cat sat on a mat"], ["the cat sat on the mat"])
+  assert scores == {"bleu": pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)}
+
+
+def test_bleu_brevity_penalty_by_hand():
+  # Every n-gram of the 4-token prediction is in the 6-token target: BLEU = BP = exp(1 - 6/4).
+  scores = metrics.bleu(["the cat sat on the mat"], ["the cat sat on"])
+  assert scores["bleu"] == pytest.approx(100 * math.exp(-0.5))
+
+
+def test_bleu_identical_corpus_is_100_and_disjoint_is_0():
+  targets = ["the bill funds roads .", "it also taxes fuel and tires ."]
+  assert metrics.bleu(targets, targets)["bleu"] == pytest.approx(100.0)
+  assert metrics.bleu(targets, ["no overlap here at all", "none whatsoever in this one"])["bleu"] == 0.0
+
+
+def test_bleu_is_corpus_level_not_a_mean_of_sentence_scores():
+  targets = ["the cat sat on a mat", "a dog ran in the park today"]
+  predictions = ["the cat sat on the mat", "a dog ran in a park"]
+  corpus = metrics.bleu(targets, predictions)["bleu"]
+  # sacrebleu's own figure, and 1..4-gram counts summed over both sentences by hand: 10/12, 6/10, 4/8, 2/6,
+  # prediction 12 tokens vs reference 13.
+  assert corpus == pytest.approx(sacrebleu.corpus_bleu(predictions, [targets]).score)
+  by_hand = math.exp(1 - 13 / 12) * (10 / 12 * 6 / 10 * 4 / 8 * 2 / 6) ** 0.25
+  assert corpus == pytest.approx(100 * by_hand)
+  sentence_mean = sum(sacrebleu.sentence_bleu(p, [t]).score
+                      for t, p in zip(targets, predictions, strict=True)) / 2
+  assert corpus != pytest.approx(sentence_mean)
+
+
+def test_bleu_matches_sacrebleu_with_13a_tokenization_of_punctuation():
+  targets = ["The Act amends the Internal Revenue Code, effective 2020.", "Funds (up to $5M) go to states."]
+  predictions = ["The Act amends the Revenue Code, effective in 2020.", "Funds go to states (up to $5M)."]
+  assert metrics.bleu(targets, predictions)["bleu"] == pytest.approx(
+      sacrebleu.corpus_bleu(predictions, [targets], tokenize="13a").score)
+
+
+def test_bleu_of_no_examples_is_absent():
+  assert metrics.bleu([], []) == {}
 
 
 def test_sequence_and_token_accuracy_by_hand():

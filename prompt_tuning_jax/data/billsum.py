@@ -1,4 +1,4 @@
-"""BillSum v3 (US Congressional bills -> summaries) from TFDS as seqio tasks scored by ROUGE.
+"""BillSum v3 (US Congressional bills -> summaries) from TFDS as seqio tasks scored by ROUGE and BLEU.
 
   billsum_v3             "summarize: <bill text>" -> summary (T5's format)
   billsum_v3_no_prefix   "<bill text>" -> summary (only a prompt says what to do)
@@ -35,4 +35,4 @@ def register(vocabulary: seqio.Vocabulary = vocab.TASK_VOCABULARY) -> None:
                                          prefix=prefix)] + preprocessors.tokenize_and_append_eos(),
         output_features=vocab.output_features(vocabulary),
         postprocess_fn=postprocessors.text,
-        metric_fns=[metrics.rouge])
+        metric_fns=[metrics.rouge, metrics.bleu])

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import sacrebleu
 import sklearn.metrics
 from absl import logging
 from rouge_score import rouge_scorer
@@ -127,6 +128,15 @@ def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float
     for key in keys:
       totals[key] += scores[key].fmeasure
   return {key: 100 * totals[key] / max(len(targets), 1) for key in keys}
+
+
+def bleu(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """Corpus BLEU as sacrebleu reports it: n-gram counts summed over all examples (not a mean of sentence
+  BLEUs), up to 4-grams, brevity penalty over the corpus, sacrebleu's default '13a' tokenization, one
+  reference per example, case-sensitive."""
+  if not targets:
+    return {}
+  return {"bleu": float(sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score)}
 
 
 def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
