@@ -14,9 +14,13 @@ Flags: see `training/cli.py`.
 import json
 import sys
 
-import jax
+from prompt_tuning_jax.training import native_logs
 
-from prompt_tuning_jax.training import cli, runs
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
+
+import jax  # noqa: E402
+
+from prompt_tuning_jax.training import cli, runs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

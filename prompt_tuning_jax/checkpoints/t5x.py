@@ -118,7 +118,11 @@ def load_t5x_legacy(path: str, dtype: Any = np.float32) -> dict[str, Any]:
   if raw.startswith(b"model_checkpoint_path"):
     raise ValueError(f"{checkpoint_file} is a TensorFlow checkpoint index, not a T5X msgpack checkpoint; convert it "
                      "with t5x's scripts/convert_tf_checkpoint.py first")
-  contents = serialization.msgpack_restore(raw)
+  try:
+    contents = serialization.msgpack_restore(raw)
+  except Exception as e:  # msgpack raises ValueError, UnicodeDecodeError, ExtraData, ... for damaged bytes
+    raise ValueError(f"{checkpoint_file} is not a readable msgpack file ({type(e).__name__}: {e}; {len(raw)} "
+                     "bytes): it is truncated or damaged; copy the checkpoint again") from None
   if not isinstance(contents, Mapping):
     raise ValueError(f"{checkpoint_file} is not a T5X checkpoint: its msgpack holds a {type(contents).__name__}")
   optimizer = contents.get("optimizer", contents)  # version 0: a bare flax optimizer state dict
