@@ -7,7 +7,8 @@ r"""Evaluates a trained prompt (or model) on a task's split, t5x-style; prints t
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 8}" \
     --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/t5_1_1_lm100k_base/checkpoint_1100000'"
 
-Metrics also go to EVAL_OUTPUT_DIR (default MODEL_DIR): metrics.jsonl, TensorBoard events, eval_config.gin.
+Metrics also go to EVAL_OUTPUT_DIR (default MODEL_DIR): eval_metrics.jsonl (not the training run's metrics.jsonl),
+TensorBoard events in eval_<split>/, eval_config.gin.
 Flags: see `training/cli.py`.
 """
 

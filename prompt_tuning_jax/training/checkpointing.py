@@ -14,9 +14,11 @@ export from its state. A checkpoint that cannot be restored is moved aside to `M
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -47,6 +49,23 @@ class IncompatibleCheckpointError(ValueError):
 
 class NoIntactCheckpointError(ValueError):
   """MODEL_DIR holds checkpoints but none of them can be restored."""
+
+
+class _DropUntrackedMetricWarning(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Requested `tracked_metric`")
+
+
+@contextlib.contextmanager
+def _without_untracked_metric_warning() -> Iterator[None]:
+  """orbax warns at every save between evaluations when a best metric is tracked; that is expected here (those
+  checkpoints are kept by recency only), so the warning is noise."""
+  quiet = _DropUntrackedMetricWarning()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    yield
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
 
 
 def failure_cause(error: BaseException) -> str:
@@ -139,10 +158,11 @@ class Checkpoints:
       finite_metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
     prompt = self._host_prompt(state.trainable)
     try:
-      self._manager.save(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.StandardSave(_as_tree(state)),
-          INPUT_POSITION_ITEM: ocp.args.JsonSave(dict(input_position)),
-      }), metrics=finite_metrics, force=True)
+      with _without_untracked_metric_warning():
+        self._manager.save(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(_as_tree(state)),
+            INPUT_POSITION_ITEM: ocp.args.JsonSave(dict(input_position)),
+        }), metrics=finite_metrics, force=True)
     except Exception as e:  # orbax and tensorstore raise many types for one cause; name the cause
       raise self._save_error(step, e) from None
     if prompt is not None:

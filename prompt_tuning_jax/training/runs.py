@@ -41,7 +41,7 @@ from prompt_tuning_jax.training import (
     trainer,
 )
 from prompt_tuning_jax.training.errors import check_int
-from prompt_tuning_jax.training.metrics_writer import MetricsWriter
+from prompt_tuning_jax.training.metrics_writer import EVAL_METRICS_FILE, MetricsWriter
 
 PyTree = Any
 CONFIG_FILE = "config.gin"  # the latest started run's; an earlier run's different one is kept as config_until_N.gin
@@ -425,8 +425,8 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
              split: str = "validation", num_examples: int | None = None, decode_metrics: bool = True,
              num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
              logical_axis_rules: partitioning.LogicalRules | None = None, seed: int = 0) -> dict[str, float]:
-  """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/metrics.jsonl, TensorBoard events
-  and eval_config.gin.
+  """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/eval_metrics.jsonl, TensorBoard
+  events in EVAL_OUTPUT_DIR/eval_<split>/ and eval_config.gin.
 
   Args:
     model: MODEL.
@@ -447,6 +447,8 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
   Returns:
     {metric: value}; see `evaluation.make_evaluate`.
   """
+  check_int("BATCH_SIZE", batch_size, minimum=1)
+  check_int("runs.evaluate.num_examples", num_examples, minimum=1, allow_none=True)
   import_task_module(mixture_or_task_module)
   tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
@@ -470,7 +472,9 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
     # Places the trained arrays from CHECKPOINT_PATH; the initial ones are already on the mesh.
     params = partitioning.put_global(params, partitioning.logical_shardings(param_axes, mesh, rules))
     metrics = evaluate_fn({}, params)
-  writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0)
+  # Not the training run's metrics.jsonl or validation/ events, even when EVAL_OUTPUT_DIR is its MODEL_DIR.
+  writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0, metrics_file=EVAL_METRICS_FILE,
+                         summary_prefix="eval_")
   try:
     writer.write_scalars(step, split, metrics)
     if jax.process_index() == 0:

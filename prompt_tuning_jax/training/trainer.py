@@ -73,6 +73,21 @@ def state_shardings(optimizer: optax.GradientTransformation, trainable: PyTree, 
       opt_state=partitioning.optimizer_state_shardings(abstract_opt_state, trainable, trainable_shardings, mesh))
 
 
+def format_scores(scores: Mapping[str, float]) -> str:
+  """One evaluation as one line, every accuracy in percent (the tasks' metrics already are; the teacher-forced
+  token accuracy, stored as a fraction, is scaled here), teacher-forced and decoded metrics named apart."""
+  teacher_forced = {k: v for k, v in scores.items() if "/" not in k and k != "num_examples"}
+  if "token_accuracy" in teacher_forced:
+    teacher_forced["token_accuracy"] *= 100
+  parts = ["(teacher-forced) " + " ".join(f"{k}={v:.4g}" for k, v in sorted(teacher_forced.items()))]
+  tasks = sorted({k.split("/", 1)[0] for k in scores if "/" in k})
+  for task in tasks:
+    decoded = {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith(f"{task}/")}
+    parts.append(f"{task} (decoded) " + " ".join(f"{k}={v:.4g}" for k, v in sorted(decoded.items())))
+  examples = f" on {int(scores['num_examples'])} examples" if "num_examples" in scores else ""
+  return "; ".join(parts) + f"{examples}; accuracies in %"
+
+
 def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
 
@@ -203,7 +218,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
           if do_eval:
             scores = evaluate(state.trainable, frozen)
             writer.write_scalars(step, "validation", scores)
-            progress.write(f"step {step}: validation " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
+            progress.write(f"step {step}: validation {format_scores(scores)}")
             # Checkpoints rank by e.g. 'validation/loss' (the `best_metric` of `Checkpoints`).
             checkpoint_metrics = {f"validation/{name}": value for name, value in scores.items()}
           if do_save:
