@@ -26,7 +26,9 @@ from _cli_helpers import (  # noqa: F401 (fresh_gin is a fixture)
     write_checkpoint,
 )
 
+from prompt_tuning_jax import demo
 from prompt_tuning_jax.checkpoints import save_t5x_legacy
+from prompt_tuning_jax.training import cli
 
 USAGE, BAD_INPUT = 2, 1
 FROM_FILE = "--gin_file=prompts/from_file.gin"
@@ -133,13 +135,15 @@ def _input_cases():
   return [
       ("train_steps_below_steps_done", lambda t, d: ({"TRAIN_STEPS": "1"}, []), "already holds 2 steps"),
       ("resume_with_other_prompt_length", lambda t, d: ({"PROMPT_LENGTH": "6"}, []), "original PROMPT_LENGTH"),
+      # The fixture's optimizer state is plain Adafactor's, not the run's (prompt_finetune.gin's settings).
+      ("resume_with_other_optimizer", lambda t, d: ({}, []), "with the original optimizer"),
       ("no_intact_checkpoint", lambda t, d: (_damage_all(d) or {}, []), "holds no checkpoint that can be restored"),
       ("model_dir_in_use", lambda t, d: (_live_holder(d) and {}, []), "is in use by another run (pid"),
       ("unknown_task", lambda t, d: ({"MIXTURE_OR_TASK_NAME": "'synthetic_revers'"}, []), "synthetic_reverse"),
       ("garbled_msgpack_checkpoint", lambda t, d: ({"INITIAL_CHECKPOINT_PATH": repr(str(_garbage_msgpack(t)))}, []),
        "garbled_checkpoint/checkpoint is not a readable msgpack file"),
       ("truncated_msgpack_checkpoint", lambda t, d: ({"INITIAL_CHECKPOINT_PATH": repr(_truncated_msgpack(t))}, []),
-       "truncated_checkpoint/checkpoint is not a readable msgpack file"),
+       "checkpoint_1/checkpoint is not a readable msgpack file"),
       ("empty_npy_prompt", lambda t, d: ({"PROMPT_FILE": repr(str(_file(t, "empty.npy", b"")))}, [FROM_FILE]),
        "empty.npy is empty (0 bytes)"),
       ("text_npy_prompt", lambda t, d: ({"PROMPT_FILE": repr(str(_file(t, "text.npy", b"0.1 0.2\n")))},
@@ -218,3 +222,24 @@ def test_cli_subprocess_prints_exactly_one_line(tmp_path, case, flags, status, t
   assert result.returncode == status, (result.returncode, line)
   assert text in line, line
   assert result.stdout == ""
+
+
+def test_help_shows_the_gin_binding_form_the_main_macros_and_the_exit_statuses(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.parse_flags(["--help"], "Trains a prompt.", "train")
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  assert "--gin.NAME=VALUE" in text and "--gin.MODEL_DIR=\"'/tmp/run'\"" in text
+  assert all(macro in text for macro in ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TRAIN_STEPS", "PROMPT_LENGTH"))
+  assert "2 usage" in text and "130 / 143" in text
+
+
+def test_demo_refuses_to_replace_a_longer_run_without_fresh(tmp_path):
+  model_dir = tmp_path / "demo_run"
+  (model_dir / demo.PROMPT_TUNING_DIR / "checkpoint_300").mkdir(parents=True)
+  (model_dir / demo.MARKER_FILE).write_text("{}")
+  before = tree_digest(model_dir)
+  code, stderr = run_in_process(["--model_dir", str(model_dir), "--train_steps", "100"], program=demo)
+  line = one_error_line(stderr, "demo")
+  assert code == BAD_INPUT and "holds a run of 300 steps" in line and "--fresh" in line, line
+  assert tree_digest(model_dir) == before

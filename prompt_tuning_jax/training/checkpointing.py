@@ -15,9 +15,11 @@ export from its state. A checkpoint that cannot be restored is moved aside to `M
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -68,6 +70,20 @@ def _without_untracked_metric_warning() -> Iterator[None]:
     logging.getLogger("absl").removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def _stray_restore_tracebacks_hidden(grace_s: float = 0.5) -> Iterator[None]:
+  """When an orbax restore fails on damaged files, tensorstore reads still in flight finish after orbax closed its
+  asyncio loop and print 'Event loop is closed' tracebacks to sys.stderr; the failure itself is reported in one
+  line instead, so those are kept off the terminal (for `grace_s` more seconds after a failure)."""
+  captured = io.StringIO()
+  with contextlib.redirect_stderr(captured):
+    try:
+      yield
+    except BaseException:
+      time.sleep(grace_s)
+      raise
+
+
 def failure_cause(error: BaseException) -> str:
   """The root cause of an I/O failure as a short phrase (e.g. 'No space left on device')."""
   seen = error
@@ -106,7 +122,7 @@ class Checkpoints:
   """
 
   def __init__(self, model_dir: str, *, keep: int | None = None, best_metric: str | None = None,
-               best_mode: str = "min", export_peft: Mapping[str, Any] | None = None, async_save: bool = True):
+               best_mode: str = "min", export_peft: Mapping[str, Any] | None = None, async_save: bool = False):
     if keep is not None and keep < 1:
       raise ValueError(f"keep_checkpoints must be at least 1 (or None for all), got {keep}")
     if best_mode not in ("min", "max"):
@@ -264,10 +280,18 @@ class Checkpoints:
   def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Restores checkpoint `step` into the shapes and shardings of `abstract_state` (ShapeDtypeStructs)."""
     self.check_compatible(step, abstract_state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardRestore(_as_tree(abstract_state)),
-        INPUT_POSITION_ITEM: ocp.args.JsonRestore(),
-    }))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(_as_tree(abstract_state)),
+          INPUT_POSITION_ITEM: ocp.args.JsonRestore(),
+      }))
+    except ValueError as e:
+      if "tree structures do not match" not in str(e):
+        raise
+      # The parameters matched (check_compatible), so the optimizer state's layout differs.
+      raise IncompatibleCheckpointError(
+          f"{self.model_dir}/checkpoint_{step} holds the optimizer state of another optimizer or optimizer "
+          "settings; resume with the original optimizer (its gin bindings), or use a new MODEL_DIR") from None
     tree = restored[STATE_ITEM]
     state = TrainState(step=tree["state"]["step"], trainable=tree["target"], opt_state=tree["state"]["param_states"])
     position = restored[INPUT_POSITION_ITEM]
@@ -302,7 +326,8 @@ class Checkpoints:
                                       for step in self.uncommitted_step_dirs()]
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        state, position = self.restore(step, abstract_state)
+        with _stray_restore_tracebacks_hidden():
+          state, position = self.restore(step, abstract_state)
       except IncompatibleCheckpointError:
         raise
       except Exception as e:  # truncated files, missing or empty metadata, garbled JSON: all damage

@@ -245,13 +245,14 @@ def _restore_or_init(checkpoints: Checkpoints, optimizer: optax.GradientTransfor
   """
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 jax.eval_shape(functools.partial(_init_state, optimizer), trainable), shardings)
+  done = max(checkpoints.all_steps(), default=0)  # checked before restoring: cheap, and refuses early
+  if done > num_train_steps:
+    raise ValueError(f"{checkpoints.model_dir} already holds {done} steps (checkpoint_{done}), more than "
+                     f"TRAIN_STEPS={num_train_steps}; pass --gin.TRAIN_STEPS={done} or more to continue, evaluate "
+                     "that checkpoint with prompt_tuning_jax.eval, or use a new MODEL_DIR")
   state, saved_position, step, damaged = checkpoints.restore_latest_intact(abstract_state)
   if state is not None:
     _check_resumable(saved_position, input_position, checkpoints.model_dir, step)
-    if step > num_train_steps:
-      raise ValueError(f"{checkpoints.model_dir} already holds {step} steps (checkpoint_{step}), more than "
-                       f"TRAIN_STEPS={num_train_steps}; pass --gin.TRAIN_STEPS={step} or more to continue, evaluate "
-                       "that checkpoint with prompt_tuning_jax.eval, or use a new MODEL_DIR")
   for bad_step, why in damaged:
     moved = checkpoints.move_aside(bad_step)
     say(f"train: warning: checkpoint_{bad_step} cannot be restored ({why}); moved it aside to {moved}")
