@@ -149,8 +149,10 @@ def test_sigterm_saves_the_current_step_and_the_rerun_is_bit_identical(tmp_path)
   model_dir = str(tmp_path / "run")
   long_run = dict(TRAIN_STEPS="100000", EVAL_PERIOD="0", SAVE_PERIOD="100000",
                   **{"runs.train.eval_split": "None"})
+  # The same 8 host devices as this process (conftest.py): the re-run and the reference run here, and a mesh of
+  # another size would sum the batch in another order.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-  env.pop("XLA_FLAGS", None)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's own defaults must keep stderr clean
   process = subprocess.Popen([sys.executable, "-m", "prompt_tuning_jax.train", *train_flags(model_dir, **long_run)],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
@@ -162,6 +164,8 @@ def test_sigterm_saves_the_current_step_and_the_rerun_is_bit_identical(tmp_path)
       process.kill()
   assert process.returncode == 143, stderr[-3000:]
   assert "Traceback" not in stderr
+  for noise in ("cuInit", "oneDNN", "cudart_stub", "tracked_metric", "cache_dataset_ops", "absl::InitializeLog"):
+    assert noise not in stderr, f"{noise!r} on stderr of a normal CPU run:\n{stderr[-3000:]}"
   match = re.search(r"train: interrupted at step (\d+); saved checkpoint_(\d+); re-run the same command to resume",
                     stderr)
   assert match and match.group(1) == match.group(2), stderr[-2000:]

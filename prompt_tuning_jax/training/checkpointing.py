@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -73,15 +74,19 @@ def _without_untracked_metric_warning() -> Iterator[None]:
 @contextlib.contextmanager
 def _stray_restore_tracebacks_hidden(grace_s: float = 0.5) -> Iterator[None]:
   """When an orbax restore fails on damaged files, tensorstore reads still in flight finish after orbax closed its
-  asyncio loop and print 'Event loop is closed' tracebacks to sys.stderr; the failure itself is reported in one
-  line instead, so those are kept off the terminal (for `grace_s` more seconds after a failure)."""
-  captured = io.StringIO()
-  with contextlib.redirect_stderr(captured):
-    try:
-      yield
-    except BaseException:
-      time.sleep(grace_s)
-      raise
+  asyncio loop and raise 'Event loop is closed' in callbacks (unraisable exceptions, printed as tracebacks); the
+  failure itself is reported in one line instead, so those are dropped (for `grace_s` more seconds after it)."""
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    with contextlib.redirect_stderr(io.StringIO()):
+      try:
+        yield
+      except BaseException:
+        time.sleep(grace_s)
+        raise
+  finally:
+    sys.unraisablehook = previous_hook
 
 
 def failure_cause(error: BaseException) -> str:

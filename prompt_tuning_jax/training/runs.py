@@ -376,7 +376,9 @@ def _summary(model_dir: str, start_step: int, train_steps: int, seconds: float,
     ran = f"nothing to do: all {train_steps} steps were already done"
   else:
     ran = f"trained steps {start_step + 1}-{train_steps} of {train_steps} in {seconds:.0f} s"
-  lines = [f"train: {ran}; checkpoints: {model_dir}/checkpoint_{{{','.join(map(str, checkpoints.all_steps()))}}}"]
+  steps = checkpoints.all_steps()
+  shown = ",".join(map(str, steps)) if len(steps) <= 6 else f"{steps[0]},...,{steps[-1]} ({len(steps)} kept)"
+  lines = [f"train: {ran}; checkpoints: {model_dir}/checkpoint_{{{shown}}}"]
   best = checkpoints.best_step() if evaluated else None
   if best is not None:
     lines.append(f"train: best by {checkpoints.best_metric}: checkpoint_{best}")
