@@ -101,7 +101,7 @@ USAGE_CASES = [
     ("unknown_gin_parameter", {"runs.train.no_such_parameter": "1"}, [], USAGE, "no_such_parameter"),
     ("missing_gin_file", {}, ["--gin_file=runs/no_such_run.gin"], USAGE, "gin file runs/no_such_run.gin not found"),
     ("unknown_flag", {}, ["--no_such_flag=1"], USAGE, "unrecognized arguments: --no_such_flag=1"),
-    ("incomplete_multiprocess_flags", {}, ["--process_count=2"], BAD_INPUT, "multi-process flags are incomplete"),
+    ("incomplete_multiprocess_flags", {}, ["--process_count=2"], USAGE, "multi-process flags are incomplete"),
 ]
 
 

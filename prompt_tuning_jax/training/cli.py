@@ -265,9 +265,14 @@ def errors_as_one_line(program: str) -> Iterator[None]:
 def _join_job(args: argparse.Namespace, program: str) -> None:
   """jax.distributed.initialize, bounded: when a peer never joins, jax aborts the process with a C++ stack trace;
   a watchdog ends it first with one line saying what to check."""
-  if args.coordinator_address is None and args.process_count is None and args.process_index is None:
+  flags = (args.coordinator_address, args.process_count, args.process_index)
+  if all(flag is None for flag in flags):
     partitioning.initialize_distributed()
     return
+  if any(flag is None for flag in flags):
+    raise UsageError(f"multi-process flags are incomplete: --coordinator_address={args.coordinator_address} "
+                     f"--process_count={args.process_count} --process_index={args.process_index}; give all three "
+                     "or none")
   timeout = args.distributed_timeout_s
 
   def give_up() -> None:
