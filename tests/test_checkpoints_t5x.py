@@ -11,7 +11,9 @@ from flax import serialization, traverse_util
 
 from prompt_tuning_jax.checkpoints import (
   check_config,
+  checkpoint_step,
   infer_config,
+  load_param,
   load_params,
   load_t5x_legacy,
   load_t5x_orbax,
@@ -192,6 +194,23 @@ def test_load_params_detects_the_layout_and_infers_the_config(tmp_path, params, 
   assert_trees_equal(loaded, params)
   assert inferred == {"vocab_size": 64, "emb_dim": 32, "num_heads": 6, "head_dim": 8, "mlp_dim": 48,
                       "num_encoder_layers": 2, "num_decoder_layers": 3, "relative_attention_num_buckets": 32}
+
+
+@pytest.mark.parametrize("layout", ["legacy", "orbax"])
+def test_checkpoint_step_is_the_step_the_checkpoint_was_saved_at(tmp_path, params, layout):
+  save = save_t5x_orbax if layout == "orbax" else save_t5x_legacy
+  assert checkpoint_step(save(params, str(tmp_path), step=1_100_000)) == 1_100_000
+
+
+@pytest.mark.parametrize("layout", ["legacy", "orbax"])
+def test_load_param_reads_one_parameter(tmp_path, params, layout):
+  if layout == "orbax":
+    path = save_t5x_orbax(params, str(tmp_path), step=1)
+  else:
+    path = save_legacy(params, tmp_path)
+  np.testing.assert_array_equal(load_param(path, "token_embedder/embedding"), params["token_embedder"]["embedding"])
+  with pytest.raises(ValueError, match="holds no parameter encoder/prompt/prompt/prompt"):
+    load_param(path, "encoder/prompt/prompt/prompt")
 
 
 def test_load_params_reports_a_missing_path(tmp_path):

@@ -44,6 +44,13 @@ def test_uniform_is_centered_in_minus_half_to_half():
   assert abs(float(prompt.mean())) < 0.02
 
 
+def test_flax_uniform_is_the_reference_implementations_zero_to_half():
+  key = jax.random.PRNGKey(0)
+  prompt = prompts.flax_uniform()(key, (200, EMBED))
+  np.testing.assert_array_equal(prompt, nn.initializers.uniform(0.5)(key, (200, EMBED), jnp.float32))
+  assert float(prompt.min()) >= 0.0 and float(prompt.max()) < 0.5
+
+
 def test_sampled_vocab_rows_are_distinct_embeddings_from_the_population(embedding):
   prompt = prompts.from_sampled_vocab(population_size=20)(jax.random.PRNGKey(1), (12, EMBED), embedding)
   ids = _rows_of(embedding, prompt)
@@ -120,6 +127,7 @@ def test_missing_prompt_is_initialized_from_the_restored_embedding():
 
 @pytest.mark.parametrize("init_file,bindings", [
     ("from_uniform.gin", []),
+    ("from_flax_uniform.gin", []),
     ("from_sampled_vocab.gin", ["prompts.from_sampled_vocab.population_size = 100"]),
     ("from_class_labels.gin", ["CLASS_LABELS = ['positive', 'negative']", "VOCABULARY = @WordVocabulary()"]),
     ("from_text.gin", ["PROMPT_INIT_TEXT = 'the movie'", "VOCABULARY = @WordVocabulary()"]),

@@ -60,6 +60,38 @@ def load_params(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[dict[
   return params, infer_config(params, path)
 
 
+def load_param(path: str | os.PathLike, name: str, dtype: Any = np.float32) -> np.ndarray:
+  """One parameter (a '/'-joined T5X name, e.g. 'token_embedder/embedding') of a checkpoint `load_params` reads.
+
+  T5X checkpoints read only that array; a Hugging Face directory is read whole.
+  """
+  path = os.fspath(path)
+  checkpoint_file = t5x.legacy_checkpoint_file(path)
+  if checkpoint_file is not None and storage.is_file(checkpoint_file):
+    params = t5x.load_t5x_legacy(checkpoint_file, dtype, only={name})
+  elif t5x.orbax_state_dir(path) is not None:
+    params = t5x.load_t5x_orbax(path, dtype, only={name})
+  else:
+    params, _ = load_params(path, dtype)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  if name not in flat:
+    raise ValueError(f"{path} holds no parameter {name}; pass a T5 1.1 checkpoint with T5X parameter names")
+  return flat[name]
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+  """The training step a checkpoint `load_params` reads was saved at: a T5X checkpoint's `state.step`, or 0 for a
+  Hugging Face directory (which stores none)."""
+  path = os.fspath(path)
+  checkpoint_file = t5x.legacy_checkpoint_file(path)
+  if (checkpoint_file is not None and storage.is_file(checkpoint_file)) or t5x.orbax_state_dir(path) is not None:
+    return t5x.load_t5x_step(path)
+  if hf.is_hf_dir(path):
+    return 0
+  raise ValueError(f"{path} is neither a T5X checkpoint (legacy or orbax) nor a Hugging Face T5 directory; pass a "
+                   "checkpoint_N directory or a Hugging Face model directory")
+
+
 def _listed(names: list[str]) -> str:
   more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
   return ", ".join(names[:_LISTED]) + more

@@ -10,7 +10,7 @@ only says "relative": the arrays are read from wherever the checkpoint directory
 Orbax (current t5x): `checkpoint_N/state/` is an orbax PyTree checkpoint of the same
 `{'target': ..., 'state': ...}` tree (`checkpoint_N/dataset/` holds the input iterator).
 
-Only `target`, the parameters, is ever read: optimizer slots stay on disk.
+Only `target`, the parameters, and `state.step` (`load_t5x_step`) are ever read: optimizer slots stay on disk.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -93,12 +93,13 @@ def _zarr_open_spec(spec: Mapping[str, Any], directory_kvstore: Mapping[str, Any
   return {"driver": "zarr", "kvstore": {**directory_kvstore, "path": directory_kvstore["path"] + relative}}
 
 
-def load_t5x_legacy(path: str, dtype: Any = np.float32) -> dict[str, Any]:
+def load_t5x_legacy(path: str, dtype: Any = np.float32, only: Collection[str] | None = None) -> dict[str, Any]:
   """Reads the parameters (`target`) of a legacy T5X checkpoint.
 
   Args:
     path: the `checkpoint_N` directory or its `checkpoint` file; local or gs://.
     dtype: parameter dtype to cast every array to (bfloat16 checkpoints become float32 by default).
+    only: read just these '/'-joined parameter names (e.g. {'token_embedder/embedding'}); None: all.
 
   Returns:
     Nested dict of numpy arrays with T5X names, e.g. params['encoder']['layers_0']['attention']['query']['kernel']
@@ -136,6 +137,8 @@ def load_t5x_legacy(path: str, dtype: Any = np.float32) -> dict[str, Any]:
   for name, value in flat.items():
     if value is None or (isinstance(value, Mapping) and not value):
       continue  # t5x writes None / {} for slots a MultiOptimizer does not use
+    if only is not None and name not in only:
+      continue
     if _is_tensorstore_spec(value):
       spec = _zarr_open_spec(value, directory_kvstore, name, source)
       pending[name] = ts.open(spec, open=True, read=True)
@@ -231,12 +234,13 @@ def orbax_state_dir(path: str) -> str | None:
   return None
 
 
-def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
+def load_t5x_orbax(path: str, dtype: Any = np.float32, only: Collection[str] | None = None) -> dict[str, Any]:
   """Reads the parameters (`target`) of an orbax T5X checkpoint, leaving optimizer state on disk.
 
   Args:
     path: the `checkpoint_N` directory or its `state` subdirectory; local or gs:// (orbax reads buckets itself).
     dtype: parameter dtype to cast every array to.
+    only: read just these '/'-joined parameter names; None: all.
 
   Returns:
     Nested dict of numpy arrays with T5X names.
@@ -251,6 +255,11 @@ def load_t5x_orbax(path: str, dtype: Any = np.float32) -> dict[str, Any]:
     raise ValueError(f"{state_dir}: orbax checkpoint has no 'target' subtree (top-level keys: {sorted(metadata)}); "
                      "it is not a T5X train state")
   target_metadata = dict(metadata["target"])
+  if only is not None:
+    flat_metadata = traverse_util.flatten_dict(target_metadata, sep="/")
+    target_metadata = traverse_util.unflatten_dict({k: v for k, v in flat_metadata.items() if k in only}, sep="/")
+    if not target_metadata:
+      return {}
   as_numpy = lambda _: ocp.RestoreArgs(restore_type=np.ndarray)  # host arrays: no device holds the whole model
   restore = ocp.args.PyTreeRestore(
       item={"target": jax.tree_util.tree_map(lambda _: 0, target_metadata)},
@@ -279,3 +288,36 @@ def save_t5x_orbax(params: Mapping[str, Any], directory: str, step: int = 0, *,
     manager.save(step, args=ocp.args.Composite(**{ORBAX_STATE_DIR: ocp.args.PyTreeSave(tree)}))
     manager.wait_until_finished()
   return os.path.join(directory, f"checkpoint_{step}")
+
+
+def load_t5x_step(path: str) -> int:
+  """The optimizer step a T5X checkpoint (legacy or orbax) was saved at: its `state.step`.
+
+  t5x continues from this step when it fine-tunes or prompt-tunes from the checkpoint (1,100,000 for the public
+  T5 1.1 LM-adapted ones); `training.trainer.start_optimizer_at` does the same for our optimizer.
+
+  Args:
+    path: the `checkpoint_N` directory (or its `checkpoint` file, or its orbax `state` directory); local or gs://.
+  """
+  checkpoint_file = legacy_checkpoint_file(path)
+  if checkpoint_file is not None and storage.is_file(checkpoint_file):
+    contents = serialization.msgpack_restore(storage.read_bytes(checkpoint_file))
+    state = contents.get("optimizer", contents).get("state", {}) if isinstance(contents, Mapping) else {}
+    step = state.get("step") if isinstance(state, Mapping) else None
+  else:
+    state_dir = orbax_state_dir(path)
+    if state_dir is None:
+      raise FileNotFoundError(f"{path} holds no T5X checkpoint (legacy `{CHECKPOINT_FILE}` or orbax "
+                              f"`{ORBAX_STATE_DIR}/`); pass a checkpoint_N directory")
+    state_dir = state_dir if "://" in state_dir else os.path.abspath(state_dir)
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+    step = None
+    if "step" in dict(metadata.get("state", {})):
+      restore = ocp.args.PyTreeRestore(item={"state": {"step": 0}},
+                                       restore_args={"state": {"step": ocp.RestoreArgs(restore_type=np.ndarray)}},
+                                       partial_restore=True)
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        step = checkpointer.restore(state_dir, args=restore)["state"]["step"]
+  if step is None:
+    raise ValueError(f"{path} stores no state.step; it is not a T5X train state (t5x writes one in every checkpoint)")
+  return int(np.asarray(step))

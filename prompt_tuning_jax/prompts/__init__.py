@@ -1,6 +1,7 @@
 """Soft prompts: the prompt module, how it joins the inputs, and its initializers."""
 
 from prompt_tuning_jax.prompts.initializers import (
+    flax_uniform,
     from_class_labels,
     from_file,
     from_sampled_vocab,
@@ -11,6 +12,6 @@ from prompt_tuning_jax.prompts.initializers import (
 from prompt_tuning_jax.prompts.prompt import PrefixPrompt, Prompt, prefix_prompt
 
 __all__ = [
-    "PrefixPrompt", "Prompt", "prefix_prompt", "from_class_labels", "from_file", "from_sampled_vocab", "from_text",
+    "PrefixPrompt", "Prompt", "prefix_prompt", "flax_uniform", "from_class_labels", "from_file", "from_sampled_vocab", "from_text",
     "init_missing_params", "uniform",
 ]

@@ -27,11 +27,25 @@ class Vocabulary(Protocol):
 
 
 def uniform(scale: float = 0.5) -> Callable[..., Array]:
-  """Uniform in [-scale, scale] (the paper's random init uses 0.5; flax's `uniform(s)` would be [0, s))."""
+  """Uniform in [-scale, scale] (the paper's random init uses 0.5; `flax_uniform` is flax's [0, scale))."""
 
   def init(rng: Array, shape: tuple[int, int], embedding: Array | None = None) -> Array:
     del embedding
     return jax.random.uniform(rng, shape, jnp.float32, minval=-scale, maxval=scale)
+
+  return init
+
+
+def flax_uniform(scale: float = 0.5) -> Callable[..., Array]:
+  """Uniform in [0, scale): flax's `nn.initializers.uniform(scale)`, the same values for the same key.
+
+  google-research/prompt-tuning's configs draw their "random uniform" prompts this way (scale 0.5); use it to
+  reproduce that implementation's runs. `uniform` is the paper's [-0.5, 0.5].
+  """
+
+  def init(rng: Array, shape: tuple[int, int], embedding: Array | None = None) -> Array:
+    del embedding
+    return nn.initializers.uniform(scale)(rng, shape, jnp.float32)
 
   return init
 

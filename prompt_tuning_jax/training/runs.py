@@ -188,6 +188,28 @@ def _check_lengths(model: nn.Module, expected_params: PyTree, task_feature_lengt
                      f"MAX_ENCODER_LENGTH {max_encoder_length}; shorten the inputs or the prompt")
 
 
+def initial_checkpoint_step(initial_checkpoint_path: str | None) -> int:
+  """The step INITIAL_CHECKPOINT_PATH was saved at (0 for None, a Hugging Face directory or a missing path,
+  which `initial_params` reports)."""
+  if initial_checkpoint_path is None:
+    return 0
+  if "://" not in initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
+    return 0
+  return checkpoint_io.checkpoint_step(initial_checkpoint_path)
+
+
+def run_train_steps(train_steps: int, initial_step: int, absolute_train_steps: bool) -> int:
+  """This run's number of steps: TRAIN_STEPS, or with `absolute_train_steps` (t5x's meaning) TRAIN_STEPS minus
+  the initial checkpoint's step."""
+  if not absolute_train_steps:
+    return train_steps
+  if train_steps <= initial_step:
+    raise ValueError(f"TRAIN_STEPS {train_steps} is t5x's global step to stop at (runs.train.absolute_train_steps="
+                     f"True), but INITIAL_CHECKPOINT_PATH is already at step {initial_step}; set TRAIN_STEPS to "
+                     f"{initial_step} plus the steps to train")
+  return train_steps - initial_step
+
+
 def _input_position(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
                      seed: int) -> dict[str, Any]:
   return {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
@@ -204,7 +226,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           decode_metrics: bool = True, best_metric: str | None = "validation/loss", best_mode: str = "min",
           export_peft: bool = False, num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
           logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
-          log_period: int = 10, async_checkpointing: bool = False,
+          log_period: int = 10, async_checkpointing: bool = False, optimizer_step_from_checkpoint: bool = True,
+          absolute_train_steps: bool = False,
           stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S) -> trainer.TrainState:
   """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
 
@@ -241,6 +264,12 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
     log_period: steps between train-metric reports.
     async_checkpointing: write checkpoints in the background (off: a prompt's state is kilobytes; for full
       fine-tuning of large models it hides the write time).
+    optimizer_step_from_checkpoint: start the optimizer's step count at INITIAL_CHECKPOINT_PATH's step, as t5x
+      does (T5X checkpoints store it; Hugging Face ones and a random model start at 0), so Adafactor's
+      second-moment decay and learning-rate schedules see the global step; False: start at 0.
+    absolute_train_steps: read TRAIN_STEPS as t5x does, as the global step to stop at (counted from step 0 of
+      the initial checkpoint's training, e.g. 1,130,000 for 30k steps from a 1.1M checkpoint); False (default):
+      TRAIN_STEPS is this run's number of steps.
     stop_timeout_s: after SIGTERM/SIGINT, the most seconds to wait for the final save before exiting without it.
 
   Returns:
@@ -252,7 +281,11 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   import_task_module(mixture_or_task_module)
   provider = tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
-  arguments.update(task_feature_lengths=task_feature_lengths, provider=provider)
+  initial_step = initial_checkpoint_step(initial_checkpoint_path)
+  train_steps = run_train_steps(train_steps, initial_step, absolute_train_steps)
+  del arguments["absolute_train_steps"]  # applied: train_steps is this run's number of steps now
+  arguments.update(task_feature_lengths=task_feature_lengths, provider=provider, train_steps=train_steps,
+                   initial_step=initial_step)
   with _model_dir_for_one_run(arguments.pop("model_dir")) as checked_dir:
     return _train_in(checked_dir, **arguments)
 
@@ -306,8 +339,9 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
               eval_split: str | None, eval_num_examples: int | None, decode_metrics: bool,
               best_metric: str | None, best_mode: str, export_peft: bool, num_partitions: int,
               mesh_shape: Sequence[int] | None, logical_axis_rules: partitioning.LogicalRules | None,
-              max_encoder_length: int | None, log_period: int, async_checkpointing: bool, stop_timeout_s: float,
-              provider: Any) -> trainer.TrainState:
+              max_encoder_length: int | None, log_period: int, async_checkpointing: bool,
+              optimizer_step_from_checkpoint: bool, stop_timeout_s: float, provider: Any,
+              initial_step: int) -> trainer.TrainState:
   """`train` in a checked, locked MODEL_DIR."""
   started = time.perf_counter()
   expected, param_axes = abstract_params(model, task_feature_lengths)
@@ -319,10 +353,14 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
   mesh = partitioning.create_mesh(num_partitions, mesh_shape)
   shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
-  train_data = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split, shuffle=True,
-                                    seed=seed, shard_id=shard_id, num_shards=num_shards, num_epochs=None)
+  train_dataset = lambda: pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split,
+                                               shuffle=True, seed=seed, shard_id=shard_id, num_shards=num_shards,
+                                               num_epochs=None)
   description = f"split '{train_split}' of {mixture_or_task_name}"
-  input_pipeline.check_not_empty(train_data, host_batch_size, description)
+  # Checked on a copy: reading a dataset advances its reshuffling, and the one trained on must give t5x's
+  # (a plain seqio pipeline's) batches for this seed.
+  input_pipeline.check_not_empty(train_dataset(), host_batch_size, description)
+  train_data = train_dataset()
   params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed, mesh=mesh,
                           rules=rules)
   train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
@@ -360,7 +398,7 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
         num_train_steps=train_steps, checkpoints=checkpoints, save_period=save_period, writer=writer,
         input_position=_input_position(mixture_or_task_name, task_feature_lengths, batch_size, seed),
         evaluate=evaluate, eval_period=eval_period, log_period=log_period, dropout_seed=seed, on_start=on_start,
-        stop_timeout_s=stop_timeout_s)
+        stop_timeout_s=stop_timeout_s, optimizer_step=initial_step if optimizer_step_from_checkpoint else 0)
   finally:
     writer.close()
     checkpoints.close()

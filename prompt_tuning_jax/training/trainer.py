@@ -88,8 +88,21 @@ def format_scores(scores: Mapping[str, float]) -> str:
   return "; ".join(parts) + f"{examples}; accuracies in %"
 
 
-def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
+def _init_state(optimizer: optax.GradientTransformation, trainable: PyTree, optimizer_step: int = 0) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=start_optimizer_at(optimizer.init(trainable), optimizer_step))
+
+
+def start_optimizer_at(opt_state: PyTree, optimizer_step: int) -> PyTree:
+  """`opt_state` with every optax step `count` set to `optimizer_step`, as t5x continues a checkpoint's step.
+
+  t5x restores the step of the initial checkpoint (1,100,000 for the paper's T5 1.1 LM-adapted), and its
+  Adafactor decays the second moment by `1 - (step + 1) ** -0.8` of that global step (learning-rate schedules
+  see it too); optax counts from 0 unless told otherwise. The train state's own `step` still counts this run.
+  """
+  if optimizer_step == 0 or not optax.tree_utils.tree_get_all_with_path(opt_state, "count"):
+    return opt_state
+  return optax.tree_utils.tree_set(opt_state, count=jnp.asarray(optimizer_step, jnp.int32))
 
 
 def _summarize(pending: list[dict[str, np.ndarray]], seconds: float) -> dict[str, float]:
@@ -112,7 +125,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
           global_batch_size: int, num_train_steps: int, checkpoints: Checkpoints, save_period: int,
           writer: MetricsWriter, input_position: Mapping[str, Any], evaluate: EvaluateFn | None = None,
           eval_period: int = 0, log_period: int = 10, dropout_seed: int = 0,
-          show_progress: bool = True, on_start: Callable[[int], None] | None = None,
+          show_progress: bool = True, optimizer_step: int = 0, on_start: Callable[[int], None] | None = None,
           stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S) -> tuple[TrainState, PyTree]:
   """Trains the parameters `trainable_regex` selects, resuming from the latest checkpoint in `checkpoints`.
 
@@ -138,6 +151,8 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
     log_period: steps between train-metric reports (each report waits for the device).
     dropout_seed: seed of the dropout keys (folded with the step).
     show_progress: draw the progress bar on process 0.
+    optimizer_step: the optimizer's step count at step 0 of this run (see `start_optimizer_at`); t5x's is the
+      initial checkpoint's step. A resumed run restores it from the checkpoint.
     on_start: called with the first step's number minus one once the run is accepted (checkpoint restored and
       checked), before the loop: the place to write the run's config; nothing is written to MODEL_DIR before it
       except moving damaged checkpoints aside and re-writing missing prompt exports.
@@ -163,7 +178,7 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
     shardings = state_shardings(optimizer, trainable, trainable_shardings, mesh)
     input_position = json.loads(json.dumps(dict(input_position)))  # as a checkpoint stores it
     state, latest = _restore_or_init(checkpoints, optimizer, trainable, shardings, input_position,
-                                     num_train_steps)
+                                     num_train_steps, optimizer_step)
     del trainable
     start_step = int(partitioning.fetch(state.step))
     prompt = traverse_util.flatten_dict(state.trainable).get(PROMPT_PATH)
@@ -237,8 +252,8 @@ def train(*, model: nn.Module, params: PyTree, param_axes: PyTree, trainable_reg
 
 
 def _restore_or_init(checkpoints: Checkpoints, optimizer: optax.GradientTransformation, trainable: PyTree,
-                     shardings: TrainState, input_position: Mapping[str, Any],
-                     num_train_steps: int) -> tuple[TrainState, int | None]:
+                     shardings: TrainState, input_position: Mapping[str, Any], num_train_steps: int,
+                     optimizer_step: int = 0) -> tuple[TrainState, int | None]:
   """The newest intact checkpoint's state (newer damaged ones moved aside, with a warning each) or a fresh one.
 
   Every check that can refuse the run comes before anything is moved. Returns (state, restored step or None).
@@ -257,8 +272,8 @@ def _restore_or_init(checkpoints: Checkpoints, optimizer: optax.GradientTransfor
     moved = checkpoints.move_aside(bad_step)
     say(f"train: warning: checkpoint_{bad_step} cannot be restored ({why}); moved it aside to {moved}")
   if state is None:
-    state = jax.jit(functools.partial(_init_state, optimizer), out_shardings=shardings,
-                    donate_argnums=0)(trainable)
+    state = jax.jit(functools.partial(_init_state, optimizer, optimizer_step=optimizer_step),
+                    out_shardings=shardings, donate_argnums=0)(trainable)
     return state, None
   for initial in jax.tree.leaves(trainable):
     initial.delete()  # the checkpoint's values replace them; the caller may still hold references
