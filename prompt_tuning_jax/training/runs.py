@@ -402,8 +402,9 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
   finally:
     writer.close()
     checkpoints.close()
-  trainer.say(_summary(model_dir, first_step[0], train_steps, time.perf_counter() - started, checkpoints,
-                       evaluate is not None, export_peft))
+  if first_step:  # the run was accepted and got to its loop
+    trainer.say(_summary(model_dir, first_step[0], train_steps, time.perf_counter() - started, checkpoints,
+                         evaluate is not None, export_peft))
   return state
 
 
