@@ -28,8 +28,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# TensorFlow's C++ logging (oneDNN banners, tf.data cache notices) would bury the demo's report.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from prompt_tuning_jax.training import native_logs
+
+# TensorFlow's and XLA's C++ banners (oneDNN, CUDA probes, tf.data cache notices) would bury the demo's report.
+native_logs.quiet_imports()
 
 import gin  # noqa: E402
 import jax  # noqa: E402
@@ -124,6 +126,20 @@ def prompt_tuning_gin(prompt_init: str) -> list[str]:
 def model_finetune_gin() -> list[str]:
   """The full fine-tuning baseline's stack: no prompt, every parameter trains (T5X's fine-tuning recipe)."""
   return [MODEL_GIN, "runs/model_finetune.gin", TASK_GIN]
+
+
+def check_not_shorter(run_dir: str, train_steps: int) -> None:
+  """Refuses to replace a longer earlier run's results (without --fresh); says what a re-run resumes."""
+  done = [int(m.group(1)) for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else [])
+          if (m := re.fullmatch(r"checkpoint_(\d+)", name))]
+  if not done:
+    return
+  if max(done) > train_steps:
+    raise ValueError(f"{run_dir} holds a run of {max(done)} steps; --train_steps {train_steps} would replace its "
+                     f"results with a shorter run's: pass --fresh to start over, or --train_steps {max(done)} or "
+                     "more to continue it")
+  what = "is complete" if max(done) == train_steps else f"continues to step {train_steps}"
+  print(f"demo: resuming {run_dir} from checkpoint_{max(done)} (the run {what})", flush=True)
 
 
 def read_metrics(model_dir: str) -> list[dict[str, Any]]:
@@ -309,13 +325,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   """The whole demo; returns (and writes to MODEL_DIR/results.json) what it measured."""
   started = time.perf_counter()
   model_dir = prepare_model_dir(args.model_dir, args.fresh)
-  with open(os.path.join(model_dir, MARKER_FILE), "w") as f:
-    json.dump(vars(args), f, indent=2, sort_keys=True)
   prompt_dir = os.path.join(model_dir, PROMPT_TUNING_DIR)
   parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(args, prompt_dir))
   task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
   lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
   train_steps = gin.query_parameter("%TRAIN_STEPS")
+  for run_dir in [prompt_dir] + ([os.path.join(model_dir, MODEL_FINETUNE_DIR)] if args.model_finetune else []):
+    check_not_shorter(run_dir, train_steps)  # before anything is written
+  with open(os.path.join(model_dir, MARKER_FILE), "w") as f:
+    json.dump(vars(args), f, indent=2, sort_keys=True)
   prompt_regex = gin.query_parameter("%PROMPT_REGEX")
   checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
   vocabulary = vocab.synthetic_vocabulary()

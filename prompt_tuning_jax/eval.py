@@ -7,16 +7,21 @@ r"""Evaluates a trained prompt (or model) on a task's split, t5x-style; prints t
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 8}" \
     --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/t5_1_1_lm100k_base/checkpoint_1100000'"
 
-Metrics also go to EVAL_OUTPUT_DIR (default MODEL_DIR): metrics.jsonl, TensorBoard events, eval_config.gin.
+Metrics also go to EVAL_OUTPUT_DIR (default MODEL_DIR): eval_metrics.jsonl (not the training run's metrics.jsonl),
+TensorBoard events in eval_<split>/, eval_config.gin.
 Flags: see `training/cli.py`.
 """
 
 import json
 import sys
 
-import jax
+from prompt_tuning_jax.training import native_logs
 
-from prompt_tuning_jax.training import cli, runs
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
+
+import jax  # noqa: E402
+
+from prompt_tuning_jax.training import cli, runs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,11 @@ Re-running the same command resumes from MODEL_DIR's latest checkpoint. Flags: s
 
 import sys
 
-from prompt_tuning_jax.training import cli, runs
+from prompt_tuning_jax.training import native_logs
+
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
+
+from prompt_tuning_jax.training import cli, runs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,14 +1,16 @@
 """Shared pieces of the training tests: a tiny prompted T5, a synthetic feature dataset, one-call training.
 
-Run as a script it is one process of the two-process test (see `test_training_multiprocess.py`):
-  python tests/_training_helpers.py COORDINATOR PROCESS_ID MODEL_DIR OUT_FILE
+Run as a script it is one process of the two-process tests (see `test_training_multiprocess.py`):
+  python tests/_training_helpers.py COORDINATOR PROCESS_ID MODEL_DIR OUT_FILE [SIGTERM_AT_STEP]
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -20,7 +22,7 @@ import tensorflow as tf
 
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.model import Transformer, config_for_size
-from prompt_tuning_jax.training import checkpointing, losses, optimizers, partitioning, trainer
+from prompt_tuning_jax.training import checkpointing, losses, optimizers, partitioning, preemption, trainer
 from prompt_tuning_jax.training.input_pipeline import train_batches
 from prompt_tuning_jax.training.metrics_writer import MetricsWriter
 
@@ -69,8 +71,12 @@ def feature_dataset(num_examples: int = 256, seed: int = 0) -> tf.data.Dataset:
 def train_tiny(model_dir: str, *, model: Transformer | None = None, steps: int = 6, mesh_shape=(1, 1),
                batch_size: int = 8, trainable_regex: str = PROMPT_REGEX, optimizer=None, save_period: int = 1000,
                keep: int | None = None, devices=None, log_period: int = 1, dropout_seed: int = 0,
-               evaluate=None, eval_period: int = 0, best_metric: str | None = None):
-  """Trains the tiny model on `feature_dataset` with `trainer.train`; returns (state, frozen, initial params)."""
+               evaluate=None, eval_period: int = 0, best_metric: str | None = None,
+               sigterm_at_step: int | None = None):
+  """Trains the tiny model on `feature_dataset` with `trainer.train`; returns (state, frozen, initial params).
+
+  `sigterm_at_step`: process 0 sends itself SIGTERM as it reads that step's batch (a preemption notice).
+  """
   model = model or tiny_model()
   params, axes = init_params(model)
   if devices is None:
@@ -78,6 +84,12 @@ def train_tiny(model_dir: str, *, model: Transformer | None = None, steps: int =
   mesh = partitioning.create_mesh(mesh_shape=mesh_shape, devices=devices)
   shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
   data = feature_dataset().shard(num_shards, shard_id).repeat()
+
+  def batches(start):
+    for step, batch in enumerate(train_batches(data, host_batch_size, start), start + 1):
+      if step == sigterm_at_step and jax.process_index() == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
   checkpoints = checkpointing.Checkpoints(model_dir, keep=keep, best_metric=best_metric, async_save=False)
   writer = MetricsWriter(model_dir, enabled=jax.process_index() == 0)
   try:
@@ -85,7 +97,7 @@ def train_tiny(model_dir: str, *, model: Transformer | None = None, steps: int =
         model=model, params=params, param_axes=axes, trainable_regex=trainable_regex,
         optimizer=optimizer or optimizers.adafactor(), loss_config=losses.LossConfig(), mesh=mesh,
         rules=partitioning.standard_logical_axis_rules(),
-        train_batches=lambda start: train_batches(data, host_batch_size, start), global_batch_size=batch_size,
+        train_batches=batches, global_batch_size=batch_size,
         num_train_steps=steps, checkpoints=checkpoints, save_period=save_period, writer=writer,
         input_position={"task": "constant_target", "batch_size": batch_size}, evaluate=evaluate,
         eval_period=eval_period, log_period=log_period, dropout_seed=dropout_seed, show_progress=False)
@@ -103,13 +115,20 @@ def prompt_of(tree) -> np.ndarray:
   return np.asarray(partitioning.fetch(node))
 
 
-def _worker(coordinator: str, process_id: int, model_dir: str, out_file: str) -> None:
+def _worker(coordinator: str, process_id: int, model_dir: str, out_file: str,
+            sigterm_at_step: int | None = None) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   partitioning.initialize_distributed(coordinator, 2, process_id)
   assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
-  state, _, _ = train_tiny(model_dir, steps=4, mesh_shape=(4, 1), save_period=2)
-  np.save(out_file, prompt_of(state.trainable))
+  if sigterm_at_step is None:
+    state, _, _ = train_tiny(model_dir, steps=4, mesh_shape=(4, 1), save_period=2)
+    np.save(out_file, prompt_of(state.trainable))
+    return
+  try:
+    train_tiny(model_dir, steps=20, mesh_shape=(4, 1), log_period=4, sigterm_at_step=sigterm_at_step)
+  except preemption.TrainingInterrupted as e:
+    np.save(out_file, np.asarray([e.step, e.signum]))
 
 
 if __name__ == "__main__":
-  _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])
+  _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], *(int(a) for a in sys.argv[5:]))

@@ -58,8 +58,9 @@ def test_checkpoint_prompt_and_exported_prompt_file_give_the_same_metrics(capsys
   assert {"loss", "token_accuracy", "synthetic_reverse/sequence_accuracy"} <= set(from_checkpoint)
   for name, value in from_checkpoint.items():
     np.testing.assert_allclose(from_file[name], value, rtol=1e-6, err_msg=name)
-  lines = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  lines = [json.loads(line) for line in open(os.path.join(model_dir, "eval_metrics.jsonl"))]
   assert lines[-1]["step"] == 3 and lines[-1]["split"] == "validation"
+  assert not os.path.exists(os.path.join(model_dir, "metrics.jsonl"))  # the training run's file stays its own
   assert os.path.isfile(os.path.join(model_dir, "eval_config.gin"))
 
 

@@ -1,7 +1,7 @@
 """`python -m prompt_tuning_jax.train` end to end on the tiny model and a synthetic task, and its bad inputs.
 
 The CLI runs in-process (gin is cleared around each call); every bad input must end in one `train: error:` line
-naming the fix, exit status 1, and no checkpoint written or changed.
+naming the fix, exit status 1 (2 for usage errors), and no checkpoint written or changed.
 """
 
 import glob
@@ -113,11 +113,11 @@ def test_rerunning_the_command_resumes_from_the_latest_checkpoint(copy_of_traine
   assert "checkpoint_6" in os.listdir(copy_of_trained_dir)
 
 
-def _expect_one_line_error(capsys, model_dir, fix: str, **macros):
+def _expect_one_line_error(capsys, model_dir, fix: str, status: int = 1, **macros):
   before = _checkpoint_digest(model_dir) if os.path.isdir(model_dir) else {}
   with pytest.raises(SystemExit) as exit_info:
     _run(model_dir, **macros)
-  assert exit_info.value.code == 1
+  assert exit_info.value.code == status
   errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: error:")]
   assert len(errors) == 1, errors
   assert fix in errors[0], errors[0]
@@ -154,7 +154,8 @@ def test_prompt_and_inputs_beyond_the_allowed_length_is_a_one_line_error(capsys,
 
 
 def test_gin_binding_to_an_unknown_name_is_a_one_line_error(capsys, model_dir):
-  _expect_one_line_error(capsys, model_dir, "no_such_parameter", **{"runs.train.no_such_parameter": "1"})
+  _expect_one_line_error(capsys, model_dir, "no_such_parameter", status=2,  # a usage error
+                         **{"runs.train.no_such_parameter": "1"})
 
 
 def test_missing_required_value_is_a_one_line_error(capsys, tmp_path):

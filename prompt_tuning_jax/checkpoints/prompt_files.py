@@ -70,13 +70,22 @@ def _load_peft_prompt(directory: str) -> np.ndarray:
 
 
 def _load_npy_prompt(path: str) -> np.ndarray:
+  raw = storage.read_bytes(path)
+  if not raw:
+    raise ValueError(f"prompt file {path} is empty (0 bytes); pass a prompt saved with np.save or re-export it")
+  if not raw.startswith(b"\x93NUMPY") and not raw.startswith(b"PK"):
+    raise ValueError(f"prompt file {path} is not a .npy file (it starts with {raw[:16]!r}); pass a prompt saved "
+                     "with np.save, a reference encoder.prompt.prompt.prompt file or a PEFT adapter directory")
   try:
-    prompt = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    prompt = np.load(io.BytesIO(raw), allow_pickle=False)
+  except EOFError:
+    raise ValueError(f"prompt file {path} is truncated ({len(raw)} bytes); re-export or copy it again") from None
   except ValueError as e:
-    # numpy says "Object arrays ..." for an object .npy and "... pickled (object) data ..." for any other file.
-    what = "an object array" if str(e).startswith("Object arrays") else "neither .npy nor .npz but pickled data"
-    raise ValueError(f"prompt file {path} holds {what}, which this package will not unpickle; re-save the prompt "
-                     "as a float array with np.save(path, np.asarray(prompt, np.float32))") from None
+    if str(e).startswith("Object arrays"):
+      raise ValueError(f"prompt file {path} holds an object array, which this package will not unpickle; re-save "
+                       "the prompt as a float array with np.save(path, np.asarray(prompt, np.float32))") from None
+    raise ValueError(f"prompt file {path} is a damaged or truncated .npy ({e}; {len(raw)} bytes); re-export or "
+                     "copy it again") from None
   if not isinstance(prompt, np.ndarray):  # an .npz archive
     raise ValueError(f"prompt file {path} is an .npz archive; pass the single .npy array of the prompt")
   if prompt.ndim != 2:

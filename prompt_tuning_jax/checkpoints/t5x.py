@@ -93,6 +93,15 @@ def _zarr_open_spec(spec: Mapping[str, Any], directory_kvstore: Mapping[str, Any
   return {"driver": "zarr", "kvstore": {**directory_kvstore, "path": directory_kvstore["path"] + relative}}
 
 
+def _msgpack_contents(raw: bytes, checkpoint_file: str) -> Any:
+  """The restored msgpack of a legacy `checkpoint` file; one line naming the file if it is damaged."""
+  try:
+    return serialization.msgpack_restore(raw)
+  except Exception as e:  # msgpack raises ValueError, UnicodeDecodeError, FormatError, ... for damaged bytes
+    raise ValueError(f"{checkpoint_file} is not a readable msgpack file ({type(e).__name__}: {e}; {len(raw)} "
+                     "bytes): it is truncated or damaged; copy the checkpoint again") from None
+
+
 def load_t5x_legacy(path: str, dtype: Any = np.float32, only: Collection[str] | None = None) -> dict[str, Any]:
   """Reads the parameters (`target`) of a legacy T5X checkpoint.
 
@@ -119,7 +128,7 @@ def load_t5x_legacy(path: str, dtype: Any = np.float32, only: Collection[str] | 
   if raw.startswith(b"model_checkpoint_path"):
     raise ValueError(f"{checkpoint_file} is a TensorFlow checkpoint index, not a T5X msgpack checkpoint; convert it "
                      "with t5x's scripts/convert_tf_checkpoint.py first")
-  contents = serialization.msgpack_restore(raw)
+  contents = _msgpack_contents(raw, checkpoint_file)
   if not isinstance(contents, Mapping):
     raise ValueError(f"{checkpoint_file} is not a T5X checkpoint: its msgpack holds a {type(contents).__name__}")
   optimizer = contents.get("optimizer", contents)  # version 0: a bare flax optimizer state dict
@@ -297,7 +306,7 @@ def load_t5x_step(path: str) -> int:
   """
   checkpoint_file = legacy_checkpoint_file(path)
   if checkpoint_file is not None and storage.is_file(checkpoint_file):
-    contents = serialization.msgpack_restore(storage.read_bytes(checkpoint_file))
+    contents = _msgpack_contents(storage.read_bytes(checkpoint_file), checkpoint_file)
     state = contents.get("optimizer", contents).get("state", {}) if isinstance(contents, Mapping) else {}
     step = state.get("step") if isinstance(state, Mapping) else None
   else:

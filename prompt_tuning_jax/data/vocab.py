@@ -9,6 +9,7 @@ dataset is built or text is decoded. Swap the vocabulary with a gin binding:
   t5_vocabulary.extra_ids = 100
 """
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,33 @@ def check_sentencepiece_file(path: str) -> None:
   if "://" not in path and not os.path.exists(path):
     raise FileNotFoundError(f"SentencePiece model {path} does not exist; set t5_vocabulary."
                             "sentencepiece_model_file (gin) to an existing .model file")
+
+
+@functools.cache
+def check_sentencepiece_model(path: str) -> None:
+  """Raises one line if `path` cannot be read (e.g. gs:// without network) or is not a SentencePiece model.
+
+  Reads the file once per process (the result is cached).
+  """
+  import sentencepiece  # seqio's own dependency
+
+  binding = "--gin.vocab.t5_vocabulary.sentencepiece_model_file=\"'/path/sentencepiece.model'\""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      model = f.read()
+  except tf.errors.OpError as e:
+    reason = e.message.splitlines()[0]
+    if "://" in path:
+      raise OSError(f"cannot read the SentencePiece model {path} ({reason}); without access to it, copy it on a "
+                    f"machine that has (e.g. gsutil cp {path} .) and pass {binding}") from None
+    raise OSError(f"cannot read the SentencePiece model {path} ({reason}); pass a readable file with "
+                  f"{binding}") from None
+  processor = sentencepiece.SentencePieceProcessor()
+  try:
+    processor.LoadFromSerializedProto(model)
+  except Exception:  # protobuf's DecodeError, RuntimeError: not a model
+    raise ValueError(f"{path} is not a SentencePiece model ({len(model)} bytes that do not parse as one); pass "
+                     f"the .model file the vocabulary was trained as, with {binding}") from None
 
 
 @gin.configurable
@@ -69,6 +97,7 @@ class DeferredVocabulary(seqio.Vocabulary):
     vocabulary = self._factory()
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
       check_sentencepiece_file(vocabulary.sentencepiece_model_file)
+      check_sentencepiece_model(vocabulary.sentencepiece_model_file)
     if vocabulary.extra_ids < 0:
       raise ValueError(f"{vocabulary} has {vocabulary.extra_ids} extra ids; expected a count >= 0")
     return vocabulary

@@ -17,22 +17,33 @@ import tqdm
 from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_METRICS_FILE = "eval_metrics.jsonl"  # `python -m prompt_tuning_jax.eval`'s, kept apart from the training run's
 
 
 class MetricsWriter:
   """Appends {'step', 'split', metric: value} lines to MODEL_DIR/metrics.jsonl and scalars to MODEL_DIR/<split>/.
 
   Resumed runs append to the same file, so a step may appear twice after a restart; the later line wins.
+
+  Args:
+    model_dir: where the file and the TensorBoard directories go.
+    enabled: False on processes other than 0.
+    metrics_file: the JSON-lines file's name (evaluation runs use EVAL_METRICS_FILE).
+    summary_prefix: prefixed to each split's TensorBoard directory (evaluation runs: 'eval_').
   """
 
-  def __init__(self, model_dir: str, enabled: bool = True):
+  def __init__(self, model_dir: str, enabled: bool = True, metrics_file: str = METRICS_FILE,
+               summary_prefix: str = ""):
     self._model_dir = model_dir
     self._enabled = enabled
+    self._metrics_file = metrics_file
+    self._summary_prefix = summary_prefix
     self._summary_writers: dict[str, metric_writers.SummaryWriter] = {}
 
   def _summary_writer(self, split: str) -> metric_writers.SummaryWriter:
     if split not in self._summary_writers:
-      self._summary_writers[split] = metric_writers.SummaryWriter(os.path.join(self._model_dir, split))
+      self._summary_writers[split] = metric_writers.SummaryWriter(
+          os.path.join(self._model_dir, self._summary_prefix + split))
     return self._summary_writers[split]
 
   def write_scalars(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
@@ -43,7 +54,7 @@ class MetricsWriter:
     line = {"step": int(step), "split": split}
     # JSON has no NaN/Infinity; write them as strings so every line parses.
     line.update({name: value if math.isfinite(value) else str(value) for name, value in values.items()})
-    with tf.io.gfile.GFile(os.path.join(self._model_dir, METRICS_FILE), "a") as f:
+    with tf.io.gfile.GFile(os.path.join(self._model_dir, self._metrics_file), "a") as f:
       f.write(json.dumps(line) + "\n")
     writer = self._summary_writer(split)
     writer.write_scalars(int(step), values)

@@ -55,12 +55,13 @@ def _several_processes_in_environment() -> bool:
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, initialization_timeout: int = 300) -> None:
   """Joins a multi-process job (multi-host TPU/GPU, or several CPU processes) before jax is first used.
 
   Explicit arguments (the CLI's `--coordinator_address`, `--process_count`, `--process_index`) win. Otherwise the
   job is joined when the environment names several processes (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, a TPU pod
   slice); jax then reads the missing values from that environment. A single process does nothing.
+  `initialization_timeout`: seconds jax waits for every process to join.
   """
   explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
   if jax.distributed.is_initialized() or not (explicit or _several_processes_in_environment()):
@@ -71,7 +72,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   # CPU processes exchange collectives through gloo; the option does not affect GPU/TPU backends.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, initialization_timeout=initialization_timeout)
 
 
 def create_mesh(num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,

@@ -7,10 +7,12 @@ These are the gin edge: `gin_configs/runs/*.gin` bind their arguments (with dyna
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,13 +35,16 @@ from prompt_tuning_jax.training import (
     input_pipeline,
     losses,
     partitioning,
+    preemption,
+    run_lock,
     train_state,
     trainer,
 )
-from prompt_tuning_jax.training.metrics_writer import MetricsWriter
+from prompt_tuning_jax.training.errors import check_int
+from prompt_tuning_jax.training.metrics_writer import EVAL_METRICS_FILE, MetricsWriter
 
 PyTree = Any
-CONFIG_FILE = "config.gin"
+CONFIG_FILE = "config.gin"  # the latest started run's; an earlier run's different one is kept as config_until_N.gin
 EVAL_CONFIG_FILE = "eval_config.gin"  # not config.gin: EVAL_OUTPUT_DIR may be the training run's MODEL_DIR
 
 
@@ -221,8 +226,9 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           decode_metrics: bool = True, best_metric: str | None = "validation/loss", best_mode: str = "min",
           export_peft: bool = False, num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
           logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
-          log_period: int = 10, async_checkpointing: bool = True, optimizer_step_from_checkpoint: bool = True,
-          absolute_train_steps: bool = False) -> trainer.TrainState:
+          log_period: int = 10, async_checkpointing: bool = False, optimizer_step_from_checkpoint: bool = True,
+          absolute_train_steps: bool = False,
+          stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S) -> trainer.TrainState:
   """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
 
   Args:
@@ -256,25 +262,88 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
     logical_axis_rules: logical axis -> mesh axis; default `partitioning.standard_logical_axis_rules()`.
     max_encoder_length: MAX_ENCODER_LENGTH, the most encoder positions (prompt + inputs) allowed, or None.
     log_period: steps between train-metric reports.
-    async_checkpointing: write checkpoints in the background.
+    async_checkpointing: write checkpoints in the background (off: a prompt's state is kilobytes; for full
+      fine-tuning of large models it hides the write time).
     optimizer_step_from_checkpoint: start the optimizer's step count at INITIAL_CHECKPOINT_PATH's step, as t5x
       does (T5X checkpoints store it; Hugging Face ones and a random model start at 0), so Adafactor's
       second-moment decay and learning-rate schedules see the global step; False: start at 0.
     absolute_train_steps: read TRAIN_STEPS as t5x does, as the global step to stop at (counted from step 0 of
       the initial checkpoint's training, e.g. 1,130,000 for 30k steps from a 1.1M checkpoint); False (default):
       TRAIN_STEPS is this run's number of steps.
+    stop_timeout_s: after SIGTERM/SIGINT, the most seconds to wait for the final save before exiting without it.
 
   Returns:
     The final train state.
   """
+  arguments = dict(locals())  # exactly train's parameters, for _train_in
+  check_run_arguments(train_steps=train_steps, batch_size=batch_size, save_period=save_period,
+                      eval_period=eval_period, eval_num_examples=eval_num_examples, log_period=log_period)
   import_task_module(mixture_or_task_module)
   provider = tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
-  if batch_size <= 0:
-    raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
   initial_step = initial_checkpoint_step(initial_checkpoint_path)
   train_steps = run_train_steps(train_steps, initial_step, absolute_train_steps)
-  model_dir = check_writable_dir(model_dir)
+  del arguments["absolute_train_steps"]  # applied: train_steps is this run's number of steps now
+  arguments.update(task_feature_lengths=task_feature_lengths, provider=provider, train_steps=train_steps,
+                   initial_step=initial_step)
+  with _model_dir_for_one_run(arguments.pop("model_dir")) as checked_dir:
+    return _train_in(checked_dir, **arguments)
+
+
+def check_run_arguments(*, train_steps: Any, batch_size: Any, save_period: Any, eval_period: Any,
+                        eval_num_examples: Any, log_period: Any) -> None:
+  """Types and ranges of `train`'s counts, before anything is built (errors.UsageError: exit status 2)."""
+  check_int("TRAIN_STEPS", train_steps, minimum=1)
+  check_int("BATCH_SIZE", batch_size, minimum=1)
+  check_int("SAVE_PERIOD", save_period, minimum=1)
+  check_int("EVAL_PERIOD", eval_period, minimum=0)
+  check_int("runs.train.eval_num_examples", eval_num_examples, minimum=1, allow_none=True)
+  check_int("runs.train.log_period", log_period, minimum=1)
+
+
+@contextlib.contextmanager
+def _model_dir_for_one_run(model_dir: str):
+  """MODEL_DIR checked writable and locked for this run; a MODEL_DIR this call created is removed again if the
+  run is refused before writing anything into it."""
+  path = checkpointing.absolute_dir(os.path.expanduser(model_dir)) if model_dir else model_dir
+  existed = bool(path) and tf.io.gfile.isdir(path)
+  path = check_writable_dir(model_dir)
+  try:
+    with run_lock.held(path, warn=lambda message: trainer.say(f"train: warning: {message}")):
+      yield path
+  finally:
+    if not existed and jax.process_index() == 0 and tf.io.gfile.isdir(path) and not tf.io.gfile.listdir(path):
+      tf.io.gfile.rmtree(path)
+
+
+def _keep_previous_config(model_dir: str, config_text: str, start_step: int) -> None:
+  """Renames the previous run's config.gin to config_until_<start_step>.gin if it differs from this run's."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path, "r") as f:
+    if f.read() == config_text:
+      return
+  kept, suffix = os.path.join(model_dir, f"config_until_{start_step}.gin"), 1
+  while tf.io.gfile.exists(kept):
+    suffix += 1
+    kept = os.path.join(model_dir, f"config_until_{start_step}_{suffix}.gin")
+  tf.io.gfile.rename(path, kept)
+
+
+def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
+              task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
+              optimizer: optax.GradientTransformation, trainable_regex: str, mixture_or_task_module: str | None,
+              initial_checkpoint_path: str | None, initialize_regex: str | None, loss_config: losses.LossConfig,
+              train_split: str, seed: int, save_period: int, keep_checkpoints: int | None, eval_period: int,
+              eval_split: str | None, eval_num_examples: int | None, decode_metrics: bool,
+              best_metric: str | None, best_mode: str, export_peft: bool, num_partitions: int,
+              mesh_shape: Sequence[int] | None, logical_axis_rules: partitioning.LogicalRules | None,
+              max_encoder_length: int | None, log_period: int, async_checkpointing: bool,
+              optimizer_step_from_checkpoint: bool, stop_timeout_s: float, provider: Any,
+              initial_step: int) -> trainer.TrainState:
+  """`train` in a checked, locked MODEL_DIR."""
+  started = time.perf_counter()
   expected, param_axes = abstract_params(model, task_feature_lengths)
   _check_regex(trainable_regex, "PROMPT_REGEX (trainable_regex)")
   _check_regex(initialize_regex, "initialize_regex")
@@ -312,21 +381,52 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   chief = jax.process_index() == 0
   writer = MetricsWriter(model_dir, enabled=chief)
   config_text = gin.operative_config_str()
-  if chief:
-    _write_text(os.path.join(model_dir, CONFIG_FILE), config_text)
-    writer.write_text(0, "train", "config", config_text)
+  first_step = []
+
+  def on_start(start_step: int) -> None:
+    """The run is accepted: record its config (keeping an earlier run's different one)."""
+    first_step.append(start_step)
+    if chief and start_step < train_steps:
+      _keep_previous_config(model_dir, config_text, start_step)
+      _write_text(os.path.join(model_dir, CONFIG_FILE), config_text)
+      writer.write_text(start_step, "train", "config", config_text)
+
   try:
     state, _ = trainer.train(
         model=model, params=params, param_axes=param_axes, trainable_regex=trainable_regex, optimizer=optimizer,
         loss_config=loss_config, mesh=mesh, rules=rules, train_batches=train_batches, global_batch_size=batch_size,
         num_train_steps=train_steps, checkpoints=checkpoints, save_period=save_period, writer=writer,
         input_position=_input_position(mixture_or_task_name, task_feature_lengths, batch_size, seed),
-        evaluate=evaluate, eval_period=eval_period, log_period=log_period, dropout_seed=seed,
-        optimizer_step=initial_step if optimizer_step_from_checkpoint else 0)
+        evaluate=evaluate, eval_period=eval_period, log_period=log_period, dropout_seed=seed, on_start=on_start,
+        stop_timeout_s=stop_timeout_s, optimizer_step=initial_step if optimizer_step_from_checkpoint else 0)
   finally:
     writer.close()
     checkpoints.close()
+  if first_step:  # the run was accepted and got to its loop
+    trainer.say(_summary(model_dir, first_step[0], train_steps, time.perf_counter() - started, checkpoints,
+                         evaluate is not None, export_peft))
   return state
+
+
+def _summary(model_dir: str, start_step: int, train_steps: int, seconds: float,
+             checkpoints: checkpointing.Checkpoints, evaluated: bool, export_peft: bool) -> str:
+  """The closing lines of a training run: what ran and where its results are."""
+  if start_step >= train_steps:
+    ran = f"nothing to do: all {train_steps} steps were already done"
+  else:
+    ran = f"trained steps {start_step + 1}-{train_steps} of {train_steps} in {seconds:.0f} s"
+  steps = checkpoints.all_steps()
+  shown = ",".join(map(str, steps)) if len(steps) <= 6 else f"{steps[0]},...,{steps[-1]} ({len(steps)} kept)"
+  lines = [f"train: {ran}; checkpoints: {model_dir}/checkpoint_{{{shown}}}"]
+  best = checkpoints.best_step() if evaluated else None
+  if best is not None:
+    lines.append(f"train: best by {checkpoints.best_metric}: checkpoint_{best}")
+  exports = [f"{model_dir}/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt"]
+  if export_peft:
+    exports.append(f"{model_dir}/peft_adapters/checkpoint_N/")
+  if tf.io.gfile.isdir(os.path.join(model_dir, "numpy_checkpoints")):
+    lines.append(f"train: prompt exports: {' and '.join(exports)}")
+  return "\n".join(lines)
 
 
 def resolve_checkpoint(checkpoint_path: str) -> tuple[str, int]:
@@ -366,8 +466,8 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
              split: str = "validation", num_examples: int | None = None, decode_metrics: bool = True,
              num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
              logical_axis_rules: partitioning.LogicalRules | None = None, seed: int = 0) -> dict[str, float]:
-  """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/metrics.jsonl, TensorBoard events
-  and eval_config.gin.
+  """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/eval_metrics.jsonl, TensorBoard
+  events in EVAL_OUTPUT_DIR/eval_<split>/ and eval_config.gin.
 
   Args:
     model: MODEL.
@@ -388,6 +488,8 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
   Returns:
     {metric: value}; see `evaluation.make_evaluate`.
   """
+  check_int("BATCH_SIZE", batch_size, minimum=1)
+  check_int("runs.evaluate.num_examples", num_examples, minimum=1, allow_none=True)
   import_task_module(mixture_or_task_module)
   tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
@@ -411,7 +513,9 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
     # Places the trained arrays from CHECKPOINT_PATH; the initial ones are already on the mesh.
     params = partitioning.put_global(params, partitioning.logical_shardings(param_axes, mesh, rules))
     metrics = evaluate_fn({}, params)
-  writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0)
+  # Not the training run's metrics.jsonl or validation/ events, even when EVAL_OUTPUT_DIR is its MODEL_DIR.
+  writer = MetricsWriter(output_dir, enabled=jax.process_index() == 0, metrics_file=EVAL_METRICS_FILE,
+                         summary_prefix="eval_")
   try:
     writer.write_scalars(step, split, metrics)
     if jax.process_index() == 0:
