@@ -11,6 +11,8 @@ Public API (stable; `inference.predictor`, `inference.scoring` and the eval call
         (log-likelihood / brevity_penalty(alpha, length)).
       Every row is EOS-terminated and 0 after its EOS (a row without EOS ran to max_decode_length).
   greedy_decode(model, params, encoder_input_tokens, max_decode_length, eos_id=1) -> tokens [batch, length]
+  greedy_decode_uncached(model, params, encoded, encoder_mask, *, max_decode_length, eos_id=1) -> (tokens, scores)
+      the same without the KV cache (the whole decoder re-run every step): a reference for tests and benchmarks
   brevity_penalty(alpha, length) -> ((5 + length) / 6) ** alpha
   sequence_mask(tokens, eos_id=1) -> [..., length] bool: positions up to and including the first EOS
 
@@ -184,6 +186,33 @@ def greedy_decode(model: nn.Module, params: PyTree, encoder_input_tokens: Array,
                   eos_id: int = 1) -> Array:
   """Greedy tokens [batch, max_decode_length] (EOS included, 0 after it); `decode(method='greedy')` without scores."""
   return decode(model, params, encoder_input_tokens, max_decode_length=max_decode_length, eos_id=eos_id)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id"))
+def greedy_decode_uncached(model: nn.Module, params: PyTree, encoded: Array, encoder_mask: Array, *,
+                           max_decode_length: int, eos_id: int = 1) -> tuple[Array, Array]:
+  """Greedy decoding without the KV cache, the reference for tests and benchmarks: every step re-runs the whole
+  teacher-forced decoder over the tokens so far (causal attention: later positions do not change earlier ones).
+
+  Returns:
+    As `decode(method='greedy')`: tokens [batch, max_decode_length], log-likelihoods [batch].
+  """
+  batch = encoded.shape[0]
+
+  def step(i, state):
+    tokens, done, log_likelihood = state
+    decoder_input_tokens = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+    logits, _ = decoder_logits(model, params, encoded, encoder_mask, decoder_input_tokens)
+    log_probs = jax.nn.log_softmax(logits[:, i])  # [batch, vocab]
+    token = jnp.where(done, 0, jnp.argmax(log_probs, axis=-1).astype(jnp.int32))
+    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+    return (tokens.at[:, i].set(token), jnp.logical_or(done, token == eos_id),
+            log_likelihood + jnp.where(done, 0.0, token_log_prob))
+
+  state = (jnp.zeros((batch, max_decode_length), jnp.int32), jnp.zeros((batch,), bool),
+           jnp.zeros((batch,), jnp.float32))
+  tokens, _, log_likelihood = jax.lax.fori_loop(0, max_decode_length, step, state)
+  return tokens, log_likelihood
 
 
 def filter_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
