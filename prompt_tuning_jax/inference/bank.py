@@ -27,7 +27,7 @@ import tensorflow as tf
 from flax import traverse_util
 
 from prompt_tuning_jax.checkpoints import prompt_files, t5x
-from prompt_tuning_jax.training import checkpointing, runs
+from prompt_tuning_jax.training import checkpointing
 
 Array = jax.Array
 PyTree = Any
@@ -48,7 +48,7 @@ def load_prompt_source(path: str | os.PathLike, embed_dim: int | None = None) ->
   is_peft = tf.io.gfile.exists(os.path.join(path, prompt_files.PEFT_CONFIG_FILE))
   if not tf.io.gfile.isdir(path) or is_peft:
     return prompt_files.load_prompt(path, embed_dim=embed_dim)
-  directory, _ = runs.resolve_checkpoint(path)
+  directory, _ = _resolve_checkpoint(path)
   if t5x.orbax_state_dir(directory) is None:
     raise ValueError(f"{directory} has no orbax state; pass a training run's checkpoint_N or MODEL_DIR")
   flat = traverse_util.flatten_dict(t5x.load_t5x_orbax(directory))
@@ -209,9 +209,16 @@ def _name_of(path: str) -> str:
   return base[:-len(".npy")] if base.endswith(".npy") else base
 
 
+def _resolve_checkpoint(path: str) -> tuple[str, int]:
+  # training.runs imports the evaluation, which imports inference.decoding: import it when used, not at load.
+  from prompt_tuning_jax.training import runs
+
+  return runs.resolve_checkpoint(path)
+
+
 def _is_training_dir(path: str) -> bool:
   try:
-    runs.resolve_checkpoint(path)
+    _resolve_checkpoint(path)
   except FileNotFoundError:
     return False
   return True
