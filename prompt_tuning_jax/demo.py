@@ -254,6 +254,16 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                       help="validation examples per evaluation (default: all 500)")
   parser.add_argument("--model_finetune", action="store_true",
                       help="also fine-tune the whole model on the same task and budget, as a baseline")
+  parser.add_argument("--serve_tasks", default="sort,last",
+                      help="more tasks whose prompts are trained and then served with --task's in mixed batches "
+                           "(comma-separated; empty: skip the serving stage)")
+  parser.add_argument("--serve_steps", type=int, default=300, help="training steps of each --serve_tasks prompt")
+  parser.add_argument("--serve_examples", type=int, default=128,
+                      help="validation examples per task in the mixed-batch serving stage")
+  parser.add_argument("--ensemble_size", type=int, default=3,
+                      help="K prompts for --task in the ensemble (the main one plus K-1 more seeds)")
+  parser.add_argument("--ensemble_steps", type=int, default=100,
+                      help="training steps of each extra ensemble prompt")
   parser.add_argument("--gin_bindings", action="append", default=[],
                       help="extra gin bindings for every run, e.g. 'LEARNING_RATE = 0.1' (repeatable)")
   return parser.parse_args(argv)
@@ -371,6 +381,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
   drift = describe_drift(the_prompt(initial_params), prompt, embedding, vocabulary)
   print_report(results, examples, shown, drift, written, model_dir)
+  if args.serve_tasks:
+    results["serving"] = serve_many_tasks(args, model_dir, prompt)
+    results["total_seconds"] = time.perf_counter() - started
+    with open(written["results"], "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    print(f"demo: with the serving stage, done in {results['total_seconds']:.0f} s")
   return results
 
 
@@ -409,6 +425,135 @@ def print_report(results: Mapping[str, Any], examples: Sequence[Mapping[str, Any
   for what, path in written.items():
     print(f"  {what:22s} {path}")
   print(f"demo: done in {results['total_seconds']:.0f} s")
+
+
+SERVE_DIR = "serving"  # MODEL_DIR/serving/<name>: the extra prompt-tuning runs of the serving stage
+SERVE_BATCH_SIZE = 32
+
+
+def train_extra_prompt(args: argparse.Namespace, model_dir: str, task: str, steps: int, seed: int) -> np.ndarray:
+  """Prompt-tunes one more prompt (`task` without its prefix, `steps`, `seed`) like the main run; its prompt."""
+  run_dir = os.path.join(model_dir, SERVE_DIR, f"{task}_seed{seed}")
+  overrides = argparse.Namespace(**{**vars(args), "task": task, "train_steps": steps, "eval_period": steps,
+                                    "eval_examples": min(64, args.eval_examples or 64)})
+  parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(overrides, run_dir) + [f"SEED = {seed}"])
+  gin.get_configurable(runs.train)()
+  return checkpointing.read_step_prompt(run_dir, steps)
+
+
+def _served_examples(task: str, count: int) -> list[dict[str, Any]]:
+  lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+  examples = pipeline.get_task_dataset(synthetic.task_name(task, taskless=True), lengths, "validation")
+  return [{"task": task, "inputs": postprocessors.as_text(ex["inputs_pretokenized"]),
+           "targets": postprocessors.as_text(ex["targets_pretokenized"])}
+          for ex in examples.take(count).as_numpy_iterator()]
+
+
+def _timed_predict(predictor: Any, inputs: Sequence[str], names: Sequence[str], max_decode_length: int,
+                   per_call: int) -> tuple[list[str], float]:
+  """Predictions and examples/s, calling the predictor on `per_call` rows at a time (compiled beforehand)."""
+  predictor.predict(inputs[:per_call], names[:per_call], max_decode_length=max_decode_length)  # compile
+  started = time.perf_counter()
+  texts = []
+  for start in range(0, len(inputs), per_call):
+    predictions = predictor.predict(inputs[start:start + per_call], names[start:start + per_call],
+                                    max_decode_length=max_decode_length)
+    texts += [p.prediction for p in predictions]
+  return texts, len(inputs) / (time.perf_counter() - started)
+
+
+def serve_many_tasks(args: argparse.Namespace, model_dir: str, main_prompt: np.ndarray) -> dict[str, Any]:
+  """The paper's serving promise on the demo: prompts of several tasks from one frozen model, in mixed batches.
+
+  Trains a prompt for each of --serve_tasks, then serves the validation examples of every task (--task's too),
+  interleaved so that every batch mixes the tasks, through one `inference.Predictor` (one encoder pass and one
+  decode per batch); and serves each task alone. Then an ensemble: --ensemble_size prompts for --task (the main
+  one plus prompts from other seeds, --ensemble_steps each) in one batched pass, majority vote. Prints both
+  tables and returns their numbers.
+  """
+  from prompt_tuning_jax import inference
+  from prompt_tuning_jax.inference import ensemble
+
+  if args.ensemble_size < 1:
+    raise ValueError(f"--ensemble_size must be at least 1, got {args.ensemble_size}")
+  tasks = [args.task] + [t for t in args.serve_tasks.split(",") if t and t != args.task]
+  unknown = [t for t in tasks if t not in synthetic.TARGET_FNS]
+  if unknown:
+    raise ValueError(f"--serve_tasks names unknown tasks {unknown}; choose from {sorted(synthetic.TARGET_FNS)}")
+  prompts = {args.task: main_prompt}
+  for task in tasks[1:]:
+    print(f"demo: prompt tuning {task} (no prefix) for {args.serve_steps} steps, to serve it too ...", flush=True)
+    prompts[task] = train_extra_prompt(args, model_dir, task, args.serve_steps, seed=0)
+  members = {f"{args.task} seed 0": main_prompt}
+  for seed in range(1, args.ensemble_size):
+    print(f"demo: prompt tuning {args.task}, seed {seed}, for {args.ensemble_steps} steps (ensemble) ...",
+          flush=True)
+    members[f"{args.task} seed {seed}"] = train_extra_prompt(args, model_dir, args.task, args.ensemble_steps, seed)
+  max_decode_length = gin.query_parameter("%TASK_FEATURE_LENGTHS")["targets"]
+  max_input_length = gin.query_parameter("%TASK_FEATURE_LENGTHS")["inputs"]
+  checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+  model = gin.get_configurable(t5.Transformer)()
+  vocabulary = vocab.synthetic_vocabulary()
+  per_task = {task: _served_examples(task, args.serve_examples) for task in tasks}
+
+  print(f"demo: serving {len(tasks)} tasks from one frozen model ...", flush=True)
+  predictor = inference.Predictor.load(checkpoint, prompts, model=model, vocabulary=vocabulary,
+                                       batch_size=SERVE_BATCH_SIZE, max_input_length=max_input_length)
+  mixed = [ex for group in zip(*per_task.values(), strict=True) for ex in group]  # task 0, 1, 2, 0, 1, 2, ...
+  mixed_texts, mixed_speed = _timed_predict(predictor, [e["inputs"] for e in mixed], [e["task"] for e in mixed],
+                                            max_decode_length, SERVE_BATCH_SIZE)
+  served: dict[str, Any] = {"tasks": {}, "batch_size": SERVE_BATCH_SIZE}
+  alone_seconds = 0.0
+  for task, examples in per_task.items():
+    inputs, targets = [e["inputs"] for e in examples], [e["targets"] for e in examples]
+    alone, speed = _timed_predict(predictor, inputs, [task] * len(inputs), max_decode_length, SERVE_BATCH_SIZE)
+    alone_seconds += len(inputs) / speed
+    mine = [text for e, text in zip(mixed, mixed_texts, strict=True) if e["task"] == task]
+    served["tasks"][task] = {"mixed": ensemble.exact_match(mine, targets),
+                             "alone": ensemble.exact_match(alone, targets), "identical": mine == alone}
+  served["mixed_examples_per_second"] = mixed_speed
+  served["alone_examples_per_second"] = len(mixed) / alone_seconds
+
+  members_predictor = inference.Predictor.load(checkpoint, members, model=model, vocabulary=vocabulary,
+                                               batch_size=len(members) * SERVE_BATCH_SIZE,
+                                               max_input_length=max_input_length)
+  examples = per_task[args.task]
+  targets = [e["targets"] for e in examples]
+  inputs = [e["inputs"] for e in examples]
+  results = [ensemble.ensemble_predict(members_predictor, inputs[start:start + SERVE_BATCH_SIZE], list(members),
+                                       max_decode_length=max_decode_length)
+             for start in range(0, len(inputs), SERVE_BATCH_SIZE)]
+  combined = ensemble.EnsembleResult(
+      tuple(members), tuple(tuple(a for r in results for a in r.per_prompt[k]) for k in range(len(members))),
+      tuple(a for r in results for a in r.answers), tuple(v for r in results for v in r.votes))
+  served["ensemble"] = ensemble.ensemble_metrics(combined, targets)
+  # Shown: the first example the prompts disagree on (else the first).
+  shown = next((i for i, votes in enumerate(combined.votes) if votes < len(members)), 0)
+  served["ensemble_example"] = {"input": examples[shown]["inputs"], "target": targets[shown],
+                                "answers": [combined.per_prompt[k][shown] for k in range(len(members))],
+                                "vote": combined.answers[shown], "votes": combined.votes[shown]}
+  print_serving_report(served, list(members), len(examples), args)
+  return served
+
+
+def print_serving_report(served: Mapping[str, Any], members: Sequence[str], num_examples: int,
+                         args: argparse.Namespace) -> None:
+  """The per-task table (mixed vs alone) and the ensemble's Table 3 rows."""
+  from prompt_tuning_jax.inference import ensemble
+
+  print(f"\n== one frozen model, {len(served['tasks'])} prompts: {num_examples} validation examples per task, "
+        f"batches of {served['batch_size']} ==")
+  print(f"{'task (no prefix)':18s} {'exact match, mixed batches':>27s} {'alone':>8s} {'identical':>10s}")
+  for task, row in served["tasks"].items():
+    print(f"{task:18s} {row['mixed']:26.1f}% {row['alone']:7.1f}% {'yes' if row['identical'] else 'NO':>10s}")
+  print(f"throughput: {served['mixed_examples_per_second']:.0f} examples/s in mixed batches, "
+        f"{served['alone_examples_per_second']:.0f} examples/s one task at a time (same predictor, greedy)")
+  print(f"\n== prompt ensemble for {args.task}: {len(members)} prompts in one batched pass, majority vote "
+        f"(ties: the earliest prompt's answer) ==")
+  print("\n".join(ensemble.format_ensemble_table(served["ensemble"], members)))
+  example = served["ensemble_example"]
+  print(f"e.g. input {example['input']!r} (target {example['target']!r}): answers {example['answers']} -> vote "
+        f"{example['vote']!r} ({example['votes']} of {len(members)})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
