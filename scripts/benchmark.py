@@ -144,6 +144,71 @@ def run_peft(args, mode: str) -> dict:
   return dict(impl=f"peft-{mode}", step_s=seconds, loss=float(loss.detach()), peak_gib=peak)
 
 
+def run_mixed_prompts(args) -> dict:
+  """Serving N tasks' prompts from one frozen model: a batch of mixed requests in one pass through the prompt bank
+  vs the same requests one task at a time (N passes of batch / N rows, each with its task's prompt in the model).
+
+  Both greedy-decode `--targets` tokens with the KV cache after one encoder pass; shapes are fixed, everything is
+  compiled before timing. Returns examples/s of each and their ratio.
+  """
+  import functools
+  import time
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from prompt_tuning_jax import prompts
+  from prompt_tuning_jax.inference import decoding
+  from prompt_tuning_jax.inference.bank import PromptBank
+  from prompt_tuning_jax.model import T5Config, Transformer
+
+  n, batch = args.mixed_prompts, args.batch
+  if batch % n:
+    raise SystemExit(f"--batch {batch} must be a multiple of --mixed_prompts {n} (equal requests per task)")
+  s = SIZES[args.size]
+  config = T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
+                    mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
+                    dtype=args.dtype)
+  bare = Transformer(config)
+  single = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
+  rng = np.random.RandomState(0)
+  tokens = jnp.asarray(rng.randint(2, 32000, (batch, args.inputs)), jnp.int32)
+  params = nn.meta.unbox(jax.jit(functools.partial(bare.init, enable_dropout=False))(
+      jax.random.PRNGKey(0), tokens[:1], tokens[:1, :args.targets], tokens[:1, :args.targets])["params"])
+  bank = PromptBank.from_prompts([(f"task{i}", rng.uniform(-0.5, 0.5, (args.prompt_length, config.emb_dim)))
+                                  for i in range(n)])
+  task_of_row = np.arange(batch) % n  # requests arrive interleaved
+
+  def mixed():
+    encoded, mask = bank.encode(bare, params, task_of_row, tokens)
+    return decoding.decode(bare, params, max_decode_length=args.targets, encoded=encoded, encoder_mask=mask)[0]
+
+  with_prompt = [{**params, "encoder": {**params["encoder"],
+                                       "prompt": {"prompt": {"prompt": bank.prompt(f"task{i}")}}}} for i in range(n)]
+  rows_of = [np.flatnonzero(task_of_row == i) for i in range(n)]
+
+  def one_task_at_a_time():
+    return [decoding.decode(single, with_prompt[i], tokens[rows_of[i]], max_decode_length=args.targets)[0]
+            for i in range(n)]
+
+  timings = {}
+  for name, fn in (("mixed batch (bank)", mixed), ("one task at a time", one_task_at_a_time)):
+    for _ in range(args.warmup):
+      jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      jax.block_until_ready(fn())
+    timings[name] = (time.perf_counter() - start) / args.steps
+  mixed_tokens = np.asarray(mixed())
+  alone_tokens = one_task_at_a_time()
+  same = all(np.array_equal(mixed_tokens[rows_of[i]], np.asarray(alone_tokens[i])) for i in range(n))
+  return dict(prompts=n, batch=batch, device=str(jax.devices()[0].device_kind), same_tokens=same,
+              **{f"{name} examples/s": batch / seconds for name, seconds in timings.items()},
+              speedup=timings["one task at a time"] / timings["mixed batch (bank)"])
+
+
 def _subprocess(args, side: str) -> dict:
   command = [sys.executable, os.path.abspath(__file__), f"--_side={side}",
              *[a for a in sys.argv[1:] if not a.startswith("--_side")]]
@@ -168,10 +233,24 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--json_out", default=None, help="also write the results here")
+  parser.add_argument("--mixed_prompts", type=int, default=0,
+                      help="instead: serving N prompts, one mixed batch vs one task at a time (e.g. 8)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.batch <= 0 or args.steps <= 0:
     parser.error("--batch and --steps must be positive")
+  if args.mixed_prompts:
+    result = run_mixed_prompts(args)
+    print(f"size {args.size}, {args.mixed_prompts} prompts of {args.prompt_length} tokens, batch {args.batch} "
+          f"({args.batch // args.mixed_prompts} per task), {args.inputs} input tokens, greedy {args.targets} "
+          f"tokens, {args.dtype}; device {result['device']}")
+    for key in ("mixed batch (bank) examples/s", "one task at a time examples/s"):
+      print(f"{key:32s} {result[key]:10.1f}")
+    print(f"mixed batch / one task at a time: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
+    if args.json_out:
+      with open(args.json_out, "w") as f:
+        json.dump(result, f, indent=1)
+    return
   if args._side == "ours":
     print(json.dumps(run_ours(args)))
     return
