@@ -523,9 +523,7 @@ def serve_many_tasks(args: argparse.Namespace, model_dir: str, main_prompt: np.n
   results = [ensemble.ensemble_predict(members_predictor, inputs[start:start + SERVE_BATCH_SIZE], list(members),
                                        max_decode_length=max_decode_length)
              for start in range(0, len(inputs), SERVE_BATCH_SIZE)]
-  combined = ensemble.EnsembleResult(
-      tuple(members), tuple(tuple(a for r in results for a in r.per_prompt[k]) for k in range(len(members))),
-      tuple(a for r in results for a in r.answers), tuple(v for r in results for v in r.votes))
+  combined = ensemble.concatenate(results)
   served["ensemble"] = ensemble.ensemble_metrics(combined, targets)
   # Shown: the first example the prompts disagree on (else the first).
   shown = next((i for i, votes in enumerate(combined.votes) if votes < len(members)), 0)

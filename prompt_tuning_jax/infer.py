@@ -12,8 +12,10 @@ r"""Predicts with trained prompts, t5x-style: one frozen model serves a bank of 
                        --gin.MIXTURE_OR_TASK_NAME's INFER_SPLIT is read
   --output_file=FILE   predictions JSONL (line, input, prediction, score, prompt)
 Decoding: --gin.DECODE_METHOD="'beam'" (greedy, beam, sample), NUM_BEAMS, ALPHA, TEMPERATURE, TOP_K, TOP_P, SEED,
-MAX_DECODE_LENGTH; BATCH_SIZE, MAX_INPUT_LENGTH (longer inputs are truncated and counted). Lines that cannot be
-read or name an unknown prompt are reported and skipped; the exit status is then 1. Flags: see `training/cli.py`.
+MAX_DECODE_LENGTH; BATCH_SIZE, MAX_INPUT_LENGTH (longer inputs are truncated and counted). An ensemble:
+--gin.ENSEMBLE="'a,b,c'" answers every line with those K bank prompts in one pass and majority-votes.
+Lines that cannot be read or name an unknown prompt are reported and skipped; the exit status is then 1.
+Flags: see `training/cli.py`.
 """
 
 import argparse
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
   if summary.truncated:
     print(f"infer: {summary.truncated} input(s) longer than MAX_INPUT_LENGTH were truncated to it (EOS kept)",
           file=sys.stderr)
+  if summary.table:
+    print("\n".join(summary.table))
   if summary.skipped:
     print(f"infer: {len(summary.skipped)} lines skipped:", file=sys.stderr)
     for message in summary.skipped:

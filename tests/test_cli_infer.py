@@ -30,7 +30,8 @@ def _run(argv, capsys):
     code = e.code
   finally:
     gin.clear_config()
-  return code, capsys.readouterr().err
+  captured = capsys.readouterr()
+  return code, captured.err + captured.out  # messages go to stderr, the ensemble table to stdout
 
 
 def _lines(path):
@@ -99,3 +100,27 @@ def test_two_prompts_of_one_name_are_refused(tmp_path, prompt_dir, capsys):
   code, err = _run([f"--prompt=s={prompt_dir}/short.npy", f"--prompt=s={prompt_dir}/long.npy",
                     f"--input_file={tmp_path}/in.jsonl", f"--output_file={tmp_path}/out.jsonl"], capsys)
   assert code == 1 and "two prompts named 's'" in err
+
+
+def test_an_ensemble_votes_on_every_line_and_reports_table_3(tmp_path, prompt_dir, capsys):
+  lines = ['{"inputs": "k d a f", "targets": "f a d k"}', '{"inputs": "b c", "targets": "c b"}']
+  (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+  code, printed = _run([f"--prompt={prompt_dir}", f"--prompt=again={prompt_dir}/short.npy",
+                  f"--input_file={tmp_path}/in.jsonl", f"--output_file={tmp_path}/out.jsonl",
+                  "--gin.ENSEMBLE='short,long,again'"], capsys)
+  assert code == 0
+  out = _lines(tmp_path / "out.jsonl")
+  for o in out:
+    answers = o["answers"]
+    assert list(answers) == ["short", "long", "again"] and answers["short"] == answers["again"]
+    assert o["prediction"] == answers["short"] and o["votes"] >= 2  # two copies of one prompt outvote the third
+  rows = [line.split()[0] for line in printed.splitlines() if line.split()[:1] in (["short"], ["long"], ["again"],
+                                                                                    ["mean"], ["best"], ["ensemble"])]
+  assert rows == ["short", "long", "again", "mean", "best", "ensemble"]
+
+
+def test_an_ensemble_of_no_prompts_is_refused(tmp_path, prompt_dir, capsys):
+  (tmp_path / "in.jsonl").write_text('{"inputs": "a b"}\n')
+  code, err = _run([f"--prompt={prompt_dir}", f"--input_file={tmp_path}/in.jsonl",
+                    f"--output_file={tmp_path}/out.jsonl", "--gin.ENSEMBLE=[]"], capsys)
+  assert code == 1 and "K >= 1" in err

@@ -10,6 +10,11 @@ A line without a prompt field uses `default_prompt` (or the bank's only prompt).
 empty, or names a prompt the bank lacks is reported with its line number and skipped; the other lines run. The
 output has one JSON line per example that ran: its line number, input, prediction, score (log-likelihood;
 with beam search its length-penalized score) and prompt.
+
+With `ensemble` (ENSEMBLE, K bank prompt names) every line is predicted by all K prompts in one batched pass
+(K x batch rows) and the output's prediction is their majority vote (`ensemble.majority_vote`: ties go to the
+earliest prompt's answer), with each prompt's answer and the vote count beside it; when the lines have
+`targets`, the summary holds the paper's Table 3 rows (each prompt, mean, best, ensemble).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import tensorflow as tf
 import tqdm
 
 from prompt_tuning_jax.data import pipeline, postprocessors
+from prompt_tuning_jax.inference import ensemble as ensemble_lib
 from prompt_tuning_jax.inference.bank import PromptBank, parse_prompt_flags
-from prompt_tuning_jax.inference.predictor import Prediction, Predictor, load_model
+from prompt_tuning_jax.inference.predictor import Predictor, load_model
 from prompt_tuning_jax.model.t5 import Transformer
 from prompt_tuning_jax.training import runs
 
@@ -51,6 +57,7 @@ class Summary:
   skipped: tuple[str, ...]
   truncated: int
   output_file: str
+  table: tuple[str, ...] = ()  # the ensemble's Table 3 rows, when the inputs have targets
 
 
 def _prompt_of(fields: Mapping[str, Any], default_prompt: str | None, bank: PromptBank) -> str:
@@ -134,7 +141,7 @@ def infer(*, model: Transformer, initial_checkpoint_path: str, prompts: Sequence
           default_prompt: str | None = None, batch_size: int = 32, max_input_length: int | None = 512,
           max_decode_length: int = 64, method: str = "greedy", num_beams: int = 4, alpha: float = 0.6,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-          progress: bool = True) -> Summary:
+          ensemble: Sequence[str] | None = None, progress: bool = True) -> Summary:
   """Predicts every input with its prompt and writes OUTPUT_FILE (JSONL); returns what it did.
 
   Args:
@@ -150,6 +157,8 @@ def infer(*, model: Transformer, initial_checkpoint_path: str, prompts: Sequence
     max_input_length: MAX_INPUT_LENGTH, input tokens (EOS included) per example; longer ones are truncated and
       counted.
     max_decode_length, method, num_beams, alpha, temperature, top_k, top_p, seed: decoding (`decoding.decode`).
+    ensemble: ENSEMBLE, K >= 1 bank prompt names to majority-vote on every line (see the module docstring), or
+      None to route each line to its own prompt.
     progress: show a progress bar on stderr.
   """
   if not prompts:
@@ -160,18 +169,35 @@ def infer(*, model: Transformer, initial_checkpoint_path: str, prompts: Sequence
     runs.import_task_module(mixture_or_task_module)
   frozen_model, params = load_model(initial_checkpoint_path, model)
   bank = PromptBank.load(parse_prompt_flags(prompts), frozen_model.config.emb_dim)
+  if ensemble is not None:
+    ensemble = ensemble_lib.check_prompts(ensemble)
+    for name in ensemble:
+      bank.index(name)
+    default_prompt = default_prompt or ensemble[0]  # lines need no prompt field; every member answers them
   if default_prompt is not None:
     bank.index(default_prompt)
   if input_file is not None:
     examples, skipped = read_input_file(input_file, bank, default_prompt)
   else:
     examples, skipped = task_examples(mixture_or_task_name, split, bank, default_prompt, num_examples), []
-  predictor = Predictor(frozen_model, params, bank, vocabulary, batch_size=batch_size,
+  rows_per_call = batch_size * (len(ensemble) if ensemble else 1)  # an ensemble batch is one K x batch pass
+  predictor = Predictor(frozen_model, params, bank, vocabulary, batch_size=rows_per_call,
                         max_input_length=max_input_length)
   options = dict(max_decode_length=max_decode_length, method=method)
   options.update({"beam": dict(num_beams=num_beams, alpha=alpha),
                   "sample": dict(temperature=temperature, top_k=top_k, top_p=top_p, rng=seed)}.get(method, {}))
-  predict = lambda batch: predictor.predict([e.inputs for e in batch], [e.prompt for e in batch], **options)
+  members: list[ensemble_lib.EnsembleResult] = []
+
+  def predict(batch: Sequence[Example]) -> list[dict[str, Any]]:
+    if ensemble is None:
+      results = predictor.predict([e.inputs for e in batch], [e.prompt for e in batch], **options)
+      return [{"prediction": r.prediction, "score": round(r.score, 6), "prompt": r.prompt} for r in results]
+    result = ensemble_lib.ensemble_predict(predictor, [e.inputs for e in batch], ensemble, **options)
+    members.append(result)
+    return [{"prediction": answer, "votes": votes, "prompt": "ensemble",
+             "answers": {name: result.per_prompt[k][i] for k, name in enumerate(ensemble)}}
+            for i, (answer, votes) in enumerate(zip(result.answers, result.votes, strict=True))]
+
   batches = list(_batches(examples, batch_size))
   bar = tqdm.tqdm(total=len(examples), unit="ex", file=sys.stderr, disable=not progress, desc="infer")
   # The first batch runs before the output is opened: bad decoding options fail the job before it writes.
@@ -184,10 +210,14 @@ def infer(*, model: Transformer, initial_checkpoint_path: str, prompts: Sequence
     for batch in batches[1:]:
       _write(out, batch, predict(batch))
       bar.update(len(batch))
-  return Summary(len(examples), tuple(skipped), predictor.truncated, output_file)
+  table: tuple[str, ...] = ()
+  if ensemble and examples and all(isinstance(e.extra.get("targets"), str) for e in examples):
+    combined = ensemble_lib.concatenate(members)
+    metrics = ensemble_lib.ensemble_metrics(combined, [e.extra["targets"] for e in examples])
+    table = tuple(ensemble_lib.format_ensemble_table(metrics, ensemble))
+  return Summary(len(examples), tuple(skipped), predictor.truncated, output_file, table)
 
 
-def _write(out: Any, batch: Sequence[Example], results: Sequence[Prediction]) -> None:
+def _write(out: Any, batch: Sequence[Example], results: Sequence[Mapping[str, Any]]) -> None:
   for example, result in zip(batch, results, strict=True):
-    out.write(json.dumps({"line": example.line, "input": example.inputs, "prediction": result.prediction,
-                          "score": round(result.score, 6), "prompt": result.prompt, **example.extra}) + "\n")
+    out.write(json.dumps({"line": example.line, "input": example.inputs, **result, **example.extra}) + "\n")

@@ -21,7 +21,10 @@ import numpy as np
 from prompt_tuning_jax.inference.predictor import Prediction, Predictor
 
 
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+  """The ensemble's K prompt names as a list; K < 1 or a repeated name is a ValueError naming the fix."""
+  if isinstance(prompts, str):
+    prompts = [p for p in prompts.split(",") if p]
   prompts = list(prompts)
   if len(prompts) < 1:
     raise ValueError("an ensemble needs K >= 1 prompts, got none; pass at least one prompt name")
@@ -88,7 +91,7 @@ def ensemble_predict(predictor: Predictor, inputs: Sequence[Any], prompts: Seque
   `predict_options` go to `Predictor.predict` (max_decode_length, method, ...). With the predictor's
   batch_size >= K x len(inputs) it is a single encoder pass and a single decode.
   """
-  prompts = _check_prompts(prompts)
+  prompts = check_prompts(prompts)
   rows, names = _rows(inputs, prompts)
   predictions: list[Prediction] = predictor.predict(rows, names, **predict_options)
   texts = [p.prediction if p.prediction is not None else " ".join(map(str, p.tokens)) for p in predictions]
@@ -100,7 +103,7 @@ def ensemble_predict(predictor: Predictor, inputs: Sequence[Any], prompts: Seque
 def ensemble_rank_classify(predictor: Predictor, inputs: Sequence[Any], candidates: Sequence[str],
                            prompts: Sequence[str]) -> EnsembleResult:
   """Scores every candidate under each of the K prompts (one pass) and picks the best mean log-likelihood."""
-  prompts = _check_prompts(prompts)
+  prompts = check_prompts(prompts)
   rows, names = _rows(inputs, prompts)
   choices, scores = predictor.rank_classify(rows, candidates, names)
   scores = scores.reshape(len(prompts), len(inputs), len(candidates))  # [K, batch, candidates]
@@ -108,6 +111,18 @@ def ensemble_rank_classify(predictor: Predictor, inputs: Sequence[Any], candidat
   mean = scores.mean(axis=0)  # [batch, candidates]
   answers = tuple(candidates[c] for c in np.argmax(mean, axis=-1))  # argmax: the first of equal means
   return EnsembleResult(tuple(prompts), per_prompt, answers, scores=scores)
+
+
+def concatenate(results: Sequence[EnsembleResult]) -> EnsembleResult:
+  """One result for consecutive batches of the same ensemble (majority vote or rank classification)."""
+  if not results:
+    raise ValueError("no ensemble results to concatenate")
+  prompts = results[0].prompts
+  per_prompt = tuple(tuple(a for r in results for a in r.per_prompt[k]) for k in range(len(prompts)))
+  answers = tuple(a for r in results for a in r.answers)
+  votes = None if results[0].votes is None else tuple(v for r in results for v in r.votes)
+  scores = None if results[0].scores is None else np.concatenate([r.scores for r in results], axis=1)
+  return EnsembleResult(prompts, per_prompt, answers, votes, scores)
 
 
 def exact_match(answers: Sequence[str], targets: Sequence[str]) -> float:

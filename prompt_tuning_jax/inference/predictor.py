@@ -270,7 +270,8 @@ class Predictor:
         results.append(Prediction(text, row, float(score), self.bank.names[prompt_ids[i]]))
     return results
 
-  def score(self, inputs: Sequence[str] | Sequence[Sequence[int]], targets: Sequence[str] | Sequence[Sequence[int]],
+  def score(self, inputs: Sequence[str] | Sequence[Sequence[int]],
+            targets: Sequence[str] | Sequence[Sequence[int]],
             prompt: str | Sequence[str] | None = None) -> np.ndarray:
     """[len(inputs)] float32: the log-likelihood of each target (text gets EOS appended) given its input."""
     ids, target_ids = self._ids(inputs), self._ids(targets)
