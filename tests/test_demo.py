@@ -121,8 +121,8 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's run has
   result = subprocess.run(
       [sys.executable, "-m", "prompt_tuning_jax.demo", f"--model_dir={model_dir}", "--train_steps=40",
-       "--eval_period=40", f"--eval_examples={NUM_EXAMPLES}", "--serve_tasks=last,copy", "--serve_steps=30",
-       "--ensemble_steps=20", "--serve_examples=32"],
+       "--eval_period=40", f"--eval_examples={NUM_EXAMPLES}", "--serve_tasks=last", "--serve_steps=20",
+       "--ensemble_size=2", "--ensemble_steps=20", "--serve_examples=32"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((model_dir / demo.RESULTS_FILE).read_text())
@@ -135,10 +135,10 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   assert (model_dir / demo.PROMPT_TUNING_DIR / "metrics.jsonl").is_file()
   assert "learned prompt (40 steps)" in result.stdout
   serving = results["serving"]
-  assert list(serving["tasks"]) == ["reverse", "last", "copy"]
+  assert list(serving["tasks"]) == ["reverse", "last"]
   # Served in mixed batches, every task gets exactly the predictions it gets alone.
   assert all(row["identical"] and row["mixed"] == row["alone"] for row in serving["tasks"].values())
   table = serving["ensemble"]
-  assert set(table) == {"reverse seed 0", "reverse seed 1", "reverse seed 2", "mean", "best", "ensemble"}
-  assert table["best"] == max(table[f"reverse seed {k}"] for k in range(3))
-  assert "prompt ensemble for reverse: 3 prompts in one batched pass" in result.stdout
+  assert set(table) == {"reverse seed 0", "reverse seed 1", "mean", "best", "ensemble"}
+  assert table["best"] == max(table[f"reverse seed {k}"] for k in range(2))
+  assert "prompt ensemble for reverse: 2 prompts in one batched pass" in result.stdout
