@@ -60,6 +60,13 @@ def sequence_mask(tokens: Array, eos_id: int = 1) -> Array:
   return eos_before == 0
 
 
+def as_int32(tokens: Any) -> Array:
+  """Token ids as an int32 jax array; an int32 jax array (maybe global, multi-process) is returned untouched."""
+  if isinstance(tokens, jax.Array) and tokens.dtype == jnp.int32:
+    return tokens
+  return jnp.asarray(tokens, jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def encode(model: nn.Module, params: PyTree, encoder_input_tokens: Array) -> tuple[Array, Array]:
   """Runs the encoder (with the model's prompt, if any) once.
@@ -115,8 +122,9 @@ def init_cache(model: nn.Module, params: PyTree, encoded: Array, encoder_mask: A
   return variables["cache"]
 
 
-def _check_args(method: str, max_decode_length: int, num_beams: int, alpha: float, temperature: float, top_k: int,
-                top_p: float) -> None:
+def check_decode_args(method: str, max_decode_length: int, num_beams: int, alpha: float, temperature: float,
+                      top_k: int, top_p: float) -> None:
+  """Raises a one-line ValueError naming the fix for a bad decoding setting (`decode` calls it first)."""
   if method not in METHODS:
     raise ValueError(f"decoding method {method!r} is unknown; use one of {', '.join(METHODS)}")
   if not isinstance(max_decode_length, int) or max_decode_length < 1:
@@ -162,11 +170,11 @@ def decode(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None 
   Returns:
     (tokens, scores): see the module docstring.
   """
-  _check_args(method, max_decode_length, num_beams, alpha, temperature, top_k, top_p)
+  check_decode_args(method, max_decode_length, num_beams, alpha, temperature, top_k, top_p)
   if encoded is None:
     if encoder_input_tokens is None:
       raise ValueError("decode needs encoder_input_tokens, or encoded with encoder_mask")
-    encoded, encoder_mask = encode(model, params, jnp.asarray(encoder_input_tokens, jnp.int32))
+    encoded, encoder_mask = encode(model, params, as_int32(encoder_input_tokens))
   elif encoder_mask is None:
     raise ValueError("encoded was given without encoder_mask; pass the [batch, source] validity from encode()")
   if method == "beam":

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_tuning_jax.inference.decoding import decoder_logits, encode
+from prompt_tuning_jax.inference.decoding import as_int32, decoder_logits, encode
 
 Array = jax.Array
 PyTree = Any
@@ -37,13 +37,29 @@ def default_target_mask(target_tokens: Array) -> Array:
   return jnp.flip(jnp.cumsum(jnp.flip(nonzero, axis=-1), axis=-1), axis=-1) > 0
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def _log_likelihood(model: nn.Module, params: PyTree, encoded: Array, encoder_mask: Array, target_tokens: Array,
-                    target_mask: Array) -> Array:
+                    target_mask: Array | None) -> Array:
+  """[batch] summed log-probabilities of `target_tokens` [batch, length] at `target_mask` (default mask if None)."""
+  if target_mask is None:
+    target_mask = default_target_mask(target_tokens)
   decoder_input_tokens = jnp.pad(target_tokens[:, :-1], ((0, 0), (1, 0)))  # shifted right, T5 starts from id 0
   logits, _ = decoder_logits(model, params, encoded, encoder_mask, decoder_input_tokens, target_mask)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), target_tokens[..., None], axis=-1)[..., 0]
   return jnp.sum(jnp.where(target_mask, log_probs, 0.0), axis=-1)
+
+
+_score = jax.jit(_log_likelihood, static_argnames=("model",))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _rank(model: nn.Module, params: PyTree, encoded: Array, encoder_mask: Array,
+          candidate_tokens: Array) -> tuple[Array, Array]:
+  batch, num_candidates = encoded.shape[0], candidate_tokens.shape[0]
+  # Row (example b, candidate c) is b * num_candidates + c; the encoder output is copied, not recomputed.
+  rows = lambda x: jnp.repeat(x, num_candidates, axis=0)
+  scores = _log_likelihood(model, params, rows(encoded), rows(encoder_mask), jnp.tile(candidate_tokens, (batch, 1)),
+                           None).reshape(batch, num_candidates)
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
 
 
 def _encoded(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None, encoded: Array | None,
@@ -54,7 +70,7 @@ def _encoded(model: nn.Module, params: PyTree, encoder_input_tokens: Array | Non
     return encoded, encoder_mask
   if encoder_input_tokens is None:
     raise ValueError("pass encoder_input_tokens, or encoded with encoder_mask")
-  return encode(model, params, jnp.asarray(encoder_input_tokens, jnp.int32))
+  return encode(model, params, as_int32(encoder_input_tokens))
 
 
 def score(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None, target_tokens: Array, *,
@@ -75,11 +91,11 @@ def score(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None, 
     [batch] float32, the sum of log p(target token | input, earlier target tokens) over the scored positions.
   """
   encoded, encoder_mask = _encoded(model, params, encoder_input_tokens, encoded, encoder_mask)
-  target_tokens = jnp.asarray(target_tokens, jnp.int32)
+  target_tokens = as_int32(target_tokens)
   if target_tokens.shape[0] != encoded.shape[0]:
     raise ValueError(f"{target_tokens.shape[0]} targets for {encoded.shape[0]} inputs; pass one target per input")
-  target_mask = default_target_mask(target_tokens) if target_mask is None else jnp.asarray(target_mask, bool)
-  return _log_likelihood(model, params, encoded, encoder_mask, target_tokens, target_mask)
+  return _score(model, params, encoded, encoder_mask, target_tokens,
+                None if target_mask is None else jnp.asarray(target_mask, bool))
 
 
 def rank_classify(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None, candidate_tokens: Array, *,
@@ -97,17 +113,11 @@ def rank_classify(model: nn.Module, params: PyTree, encoder_input_tokens: Array 
      scores [batch, candidates] float32, every candidate's log-likelihood).
   """
   encoded, encoder_mask = _encoded(model, params, encoder_input_tokens, encoded, encoder_mask)
-  candidate_tokens = jnp.asarray(candidate_tokens, jnp.int32)
+  candidate_tokens = np.asarray(candidate_tokens, np.int32)
   if candidate_tokens.ndim != 2 or candidate_tokens.shape[0] < 1:
     raise ValueError(f"candidate_tokens must be [candidates, length] with at least one candidate, got shape "
                      f"{tuple(candidate_tokens.shape)}; build it with candidate_tokens(vocabulary, labels)")
-  batch, num_candidates = encoded.shape[0], candidate_tokens.shape[0]
-  # Row (example b, candidate c) is b * num_candidates + c.
-  rows = lambda x: jnp.repeat(x, num_candidates, axis=0)
-  targets = jnp.tile(candidate_tokens, (batch, 1))
-  scores = _log_likelihood(model, params, rows(encoded), rows(encoder_mask), targets, default_target_mask(targets))
-  scores = scores.reshape(batch, num_candidates)
-  return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
+  return _rank(model, params, encoded, encoder_mask, candidate_tokens)
 
 
 def candidate_tokens(vocabulary: seqio.Vocabulary, labels: Sequence[str],
