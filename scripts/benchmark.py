@@ -1,6 +1,7 @@
 r"""Prompt-tuning train-step throughput: this package's real train step beside PEFT, measured in one run.
 
   .venv/bin/python scripts/benchmark.py                       # CPU: cpu_small, float32, PEFT eager and compiled
+  .venv/bin/python scripts/benchmark.py --decode_speed --targets=64   # decoding tokens/s, KV cache vs none
   python scripts/benchmark.py --size=base --batch=32 --dtype=bfloat16 --peft_modes=bf16,bf16c   # one GPU
 
 Both sides do the same work: T5 1.1 with random weights, a [prompt_length, embed] prompt in front of the encoder
@@ -209,6 +210,58 @@ def run_mixed_prompts(args) -> dict:
               speedup=timings["one task at a time"] / timings["mixed batch (bank)"])
 
 
+def run_decode_speed(args) -> dict:
+  """Greedy decoding tokens/s with the KV cache (`decoding.decode`: one position per step, cross-attention keys
+  and values projected once) vs without it (`decoding.greedy_decode_uncached`: the whole teacher-forced decoder
+  re-run over the growing prefix every step), on the same prompted model and batch; EOS is disabled so both
+  generate all `--targets` tokens. The encoder pass is timed in both. Returns seconds per batch and tokens/s.
+  """
+  import functools
+  import time
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from prompt_tuning_jax import prompts
+  from prompt_tuning_jax.inference import decoding
+  from prompt_tuning_jax.model import T5Config, Transformer
+
+  s = SIZES[args.size]
+  config = T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
+                    mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
+                    dtype=args.dtype)
+  model = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
+  tokens = jnp.asarray(np.random.RandomState(0).randint(2, 32000, (args.batch, args.inputs)), jnp.int32)
+  params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
+      jax.random.PRNGKey(0), tokens[:1], tokens[:1, :args.targets], tokens[:1, :args.targets])["params"])
+  no_eos = -1  # never generated: every row runs the full length
+
+  def cached():
+    return decoding.decode(model, params, tokens, max_decode_length=args.targets, eos_id=no_eos)[0]
+
+  def uncached():
+    encoded, mask = decoding.encode(model, params, tokens)
+    return decoding.greedy_decode_uncached(model, params, encoded, mask, max_decode_length=args.targets,
+                                           eos_id=no_eos)[0]
+
+  timings = {}
+  for name, fn in (("KV cache", cached), ("no cache (re-run decoder)", uncached)):
+    for _ in range(args.warmup):
+      jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      jax.block_until_ready(fn())
+    timings[name] = (time.perf_counter() - start) / args.steps
+  same = bool(np.array_equal(np.asarray(cached()), np.asarray(uncached())))
+  generated = args.batch * args.targets
+  return dict(device=str(jax.devices()[0].device_kind), same_tokens=same,
+              rows=[dict(impl=name, batch_s=seconds, tokens_per_s=generated / seconds)
+                    for name, seconds in timings.items()],
+              speedup=timings["no cache (re-run decoder)"] / timings["KV cache"])
+
+
 def _subprocess(args, side: str) -> dict:
   command = [sys.executable, os.path.abspath(__file__), f"--_side={side}",
              *[a for a in sys.argv[1:] if not a.startswith("--_side")]]
@@ -235,10 +288,24 @@ def main() -> None:
   parser.add_argument("--json_out", default=None, help="also write the results here")
   parser.add_argument("--mixed_prompts", type=int, default=0,
                       help="instead: serving N prompts, one mixed batch vs one task at a time (e.g. 8)")
+  parser.add_argument("--decode_speed", action="store_true",
+                      help="instead: greedy decoding tokens/s with and without the KV cache (--targets steps)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.batch <= 0 or args.steps <= 0:
     parser.error("--batch and --steps must be positive")
+  if args.decode_speed:
+    result = run_decode_speed(args)
+    print(f"size {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, greedy "
+          f"{args.targets} tokens, {args.dtype}; device {result['device']}")
+    print(f"{'decoding':28s} {'ms/batch':>9s} {'tokens/s':>10s}")
+    for row in result["rows"]:
+      print(f"{row['impl']:28s} {1e3 * row['batch_s']:9.1f} {row['tokens_per_s']:10.1f}")
+    print(f"KV cache / no cache: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
+    if args.json_out:
+      with open(args.json_out, "w") as f:
+        json.dump(result, f, indent=1)
+    return
   if args.mixed_prompts:
     result = run_mixed_prompts(args)
     print(f"size {args.size}, {args.mixed_prompts} prompts of {args.prompt_length} tokens, batch {args.batch} "

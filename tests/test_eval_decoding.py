@@ -102,3 +102,25 @@ def test_bad_eval_decoding_settings_are_one_line_errors(capsys, tmp_path, macros
   assert exit_info.value.code == 1
   errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eval: error:")]
   assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_training_evaluations_can_beam_decode_and_rank_classify(tmp_path):
+  from prompt_tuning_jax import train
+
+  values = {"MODEL_DIR": repr(str(tmp_path)), "MIXTURE_OR_TASK_NAME": repr(TASK),
+            "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 4}", "INITIAL_CHECKPOINT_PATH": "None",
+            "PROMPT_LENGTH": "4", "TRAIN_STEPS": "2", "BATCH_SIZE": "8", "EVAL_PERIOD": "2", "SAVE_PERIOD": "2",
+            "config.T5Config.vocab_size": "136", "runs.train.eval_num_examples": "8",
+            "runs.train.async_checkpointing": "False", "DECODE_METHOD": "'beam'", "RANK_CLASSIFICATION": "True"}
+  gin.clear_config()
+  try:
+    train.main(["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=models/prompt.gin",
+                "--gin_file=prompts/from_uniform.gin", "--gin_file=runs/prompt_finetune.gin"]
+               + [f"--gin.{name}={value}" for name, value in values.items()])
+  finally:
+    gin.clear_config()
+  lines = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  validation = [line for line in lines if line["split"] == "validation"][-1]
+  assert f"{TASK}/sequence_accuracy" in validation
+  assert f"rank_classification/{TASK}/sequence_accuracy" in validation
+  assert "DECODE_METHOD = 'beam'" in open(os.path.join(tmp_path, "config.gin")).read()

@@ -15,6 +15,8 @@ Public API (stable; `inference.predictor`, `inference.scoring` and the eval call
       the same without the KV cache (the whole decoder re-run every step): a reference for tests and benchmarks
   brevity_penalty(alpha, length) -> ((5 + length) / 6) ** alpha
   sequence_mask(tokens, eos_id=1) -> [..., length] bool: positions up to and including the first EOS
+  check_decode_args(method, max_decode_length, num_beams, alpha, temperature, top_k, top_p): the one-line errors
+  decoder_logits, init_cache, filter_logits: the building blocks (teacher-forced or one cached step; sampling)
 
 The encoder (prompt included) runs once per batch: `decode` takes tokens, or `encoded` and `encoder_mask` made by
 `encode` (or by a prompt bank, whose left-padded prompt rows are False in `encoder_mask`). The decoder then runs one
@@ -27,12 +29,19 @@ can beat the worst finished one, or at max_decode_length. Two deliberate differe
 best beam whenever a beam finishes: beams come best first (t5x returns them in ascending order, best last), and
 when fewer than num_beams beams finish, the remaining slots hold the best live beams (which ran to
 max_decode_length), scored with the same penalty and ranked after every finished beam (t5x fills them with
-all-zero rows scored -1e7, and returns unpenalized log-probabilities when none finish).
+all-zero rows scored -1e7, and returns unpenalized log-probabilities when none finish). With 1 beam (t5x's eval
+decoding) the live beam follows greedy's best non-EOS token and the result is the best, by penalized score, of
+greedy's prefixes that EOS could end (EOS among the two best tokens): greedy's own sequence unless a shorter one
+scores higher, which happens even without a length penalty.
+
+Sampling divides the logits by `temperature`, then keeps the `top_k` most likely tokens and the top-p nucleus;
+its scores are the model's log-likelihood of the sample (temperature 1, unfiltered; t5x reports the tempered one).
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -183,7 +192,7 @@ def decode(model: nn.Module, params: PyTree, encoder_input_tokens: Array | None 
   if method == "sample":
     if rng is None:
       raise ValueError("sampling needs a seed: pass rng=jax.random.PRNGKey(seed) or an int")
-    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    key = jax.random.PRNGKey(int(rng)) if isinstance(rng, numbers.Integral) else rng
     return _sample(model, params, encoded, encoder_mask, key, max_decode_length=max_decode_length, eos_id=eos_id,
                    temperature=float(temperature), top_k=top_k, top_p=float(top_p))
   return _sample(model, params, encoded, encoder_mask, jax.random.PRNGKey(0), max_decode_length=max_decode_length,
