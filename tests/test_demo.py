@@ -139,6 +139,6 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   # Served in mixed batches, every task gets exactly the predictions it gets alone.
   assert all(row["identical"] and row["mixed"] == row["alone"] for row in serving["tasks"].values())
   table = serving["ensemble"]
-  assert set(table) == {"reverse seed 0", "reverse seed 1", "mean", "best", "ensemble"}
-  assert table["best"] == max(table[f"reverse seed {k}"] for k in range(2))
+  assert set(table) == {"reverse seed 1", "reverse seed 2", "mean", "best", "ensemble"}
+  assert table["best"] == max(table[f"reverse seed {k}"] for k in (1, 2))
   assert "prompt ensemble for reverse: 2 prompts in one batched pass" in result.stdout

@@ -173,3 +173,13 @@ def test_gin_built_model_serves_after_gin_is_cleared(packaged):
                                        batch_size=2, max_input_length=12)
   assert len(predictor.predict(["a b"], max_decode_length=3)) == 1
   assert jnp.asarray(predictor.bank.prompts).shape == (1, 1, 128)
+
+
+def test_a_gin_file_builds_the_model_and_gin_is_not_needed_after(packaged):
+  checkpoint, vocabulary, files = packaged
+  predictor = inference.Predictor.load(checkpoint, {"five": files["five"]}, model="demo/t5_1_1_demo.gin",
+                                       vocabulary=vocabulary, batch_size=4, max_input_length=12)
+  assert gin.config_str() == ""
+  assert predictor.model.config.emb_dim == 128
+  alone = predictor.predict(INPUTS, max_decode_length=DECODE_LENGTH)
+  assert len(alone) == len(INPUTS) and all(p.prompt == "five" for p in alone)

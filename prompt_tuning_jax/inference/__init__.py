@@ -13,10 +13,11 @@ from prompt_tuning_jax.inference.predictor import (
     get_prompt,
     load_model,
     make_batch,
+    model_from_gin,
     set_prompt,
 )
 
 __all__ = [
     "Batch", "Prediction", "Predictor", "PromptBank", "ensemble_predict", "ensemble_rank_classify", "get_prompt",
-    "load_model", "load_prompt_source", "majority_vote", "make_batch", "set_prompt",
+    "load_model", "load_prompt_source", "majority_vote", "make_batch", "model_from_gin", "set_prompt",
 ]

@@ -111,14 +111,32 @@ def make_batch(token_ids: Sequence[Sequence[int]], length: int | None = None, eo
   return Batch(tokens, tokens > 0, tuple(truncated))
 
 
-def load_model(checkpoint: str | os.PathLike, model: Transformer | T5Config | None = None,
+def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Transformer:
+  """MODEL built from gin files (found as the CLIs find them, e.g. 'models/t5_1_1_base.gin') and bindings.
+
+  gin's config is cleared afterwards: the built model holds plain values and applies without it.
+  """
+  import gin  # the gin edge of this package: only this builder and the CLIs read gin
+
+  from prompt_tuning_jax.training import cli
+
+  gin.clear_config()
+  try:
+    cli.parse_gin(gin_files, bindings, [])
+    return gin.get_configurable(Transformer)()
+  finally:
+    gin.clear_config()
+
+
+def load_model(checkpoint: str | os.PathLike, model: Transformer | T5Config | str | None = None,
                prompt: str | os.PathLike | np.ndarray | None = None) -> tuple[Transformer, PyTree]:
   """Loads a frozen T5 1.1 (T5X legacy or orbax, Hugging Face) and optionally a prompt into its parameters.
 
   Args:
     checkpoint: the model's checkpoint directory (`checkpoints.load_params` reads every supported layout).
-    model: the `Transformer` (e.g. built from gin), a `T5Config`, or None to take the config from the
-      checkpoint's shapes (and config.json for Hugging Face). Its prompt factory, if any, is replaced.
+    model: the `Transformer` (e.g. built from gin), a `T5Config`, a gin file that defines MODEL (see
+      `model_from_gin`), or None to take the config from the checkpoint's shapes (and config.json for Hugging
+      Face). Its prompt factory, if any, is replaced.
     prompt: a prompt file / PEFT adapter dir / training run (`bank.load_prompt_source`) or an array [P, embed].
 
   Returns:
@@ -127,6 +145,8 @@ def load_model(checkpoint: str | os.PathLike, model: Transformer | T5Config | No
   """
   checkpoint = os.fspath(checkpoint)
   loaded, inferred = checkpoint_io.load_params(checkpoint)
+  if isinstance(model, str):
+    model = model_from_gin([model])
   if model is None:
     model = Transformer(T5Config(**inferred))
   elif isinstance(model, T5Config):
@@ -188,7 +208,8 @@ class Predictor:
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, prompts: Mapping[str, Any] | Sequence[tuple[str, Any]],
-           model: Transformer | T5Config | None = None, vocabulary: Any | None = None, **kwargs: Any) -> Predictor:
+           model: Transformer | T5Config | str | None = None, vocabulary: Any | None = None,
+           **kwargs: Any) -> Predictor:
     """A predictor from a model checkpoint and named prompts (paths `bank.load_prompt_source` reads, or arrays).
 
     `model` as in `load_model`; `kwargs` go to `Predictor` (batch_size, max_input_length).
