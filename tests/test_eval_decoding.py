@@ -124,3 +124,32 @@ def test_training_evaluations_can_beam_decode_and_rank_classify(tmp_path):
   assert f"{TASK}/sequence_accuracy" in validation
   assert f"rank_classification/{TASK}/sequence_accuracy" in validation
   assert "DECODE_METHOD = 'beam'" in open(os.path.join(tmp_path, "config.gin")).read()
+
+
+def test_rank_classification_covers_every_super_glue_classification_task():
+  """The proportional SuperGLUE mixture on mocked TFDS data: each classification task's class labels are ranked
+  and scored with its own metrics; ReCoRD (free-text answers) is left to decoding."""
+  from _data_helpers import mock_tfds, using_test_vocabulary
+
+  from prompt_tuning_jax.data import superglue
+
+  datasets = {f"super_glue/{b.tfds_config}:{superglue.TFDS_VERSION}": b.splits or ("train", "validation", "test")
+              for b in superglue.BENCHMARKS.values()}
+  model = Transformer(config_for_size("tiny", vocab_size=256))
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
+      jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+  mesh = partitioning.create_mesh(mesh_shape=(1, 1), devices=jax.devices()[:1])
+  with using_test_vocabulary(), mock_tfds(datasets, num_examples=4):
+    evaluate = evaluation.make_evaluate(
+        model=model, loss_config=losses.LossConfig(), mesh=mesh, global_batch_size=4,
+        mixture_or_task_name=superglue.MIXTURE_NAME, task_feature_lengths={"inputs": 64, "targets": 8},
+        decode_metrics=False, rank_classification=True)
+    with partitioning.mesh_context(mesh, partitioning.standard_logical_axis_rules()):
+      metrics = evaluate({}, params)
+  ranked = {name.split("/")[1] for name in metrics if name.startswith("rank_classification/")}
+  classification = {superglue.task_name(b.name) for b in superglue.BENCHMARKS.values()
+                    if b.label_names and b.num_train_examples}
+  assert ranked == classification, metrics
+  assert "rank_classification/super_glue_cb_v102/f1_macro" in metrics
+  assert "rank_classification/super_glue_multirc_v102/f1a" in metrics

@@ -107,10 +107,8 @@ def _decoded_task(task: seqio.Task, task_feature_lengths: Mapping[str, int], spl
   if num_examples is not None:
     examples, features = examples.take(num_examples), features.take(num_examples)
   labels = tasks.get_class_labels(task.name) if rank_classification else None
-  candidates = None
-  if labels:
-    candidates = scoring.candidate_tokens(task.output_features["targets"].vocabulary, labels,
-                                          int(task_feature_lengths["targets"]))
+  # Whole labels, however long: scoring a candidate needs no room in TASK_FEATURE_LENGTHS['targets'].
+  candidates = scoring.candidate_tokens(task.output_features["targets"].vocabulary, labels) if labels else None
   return DecodedTask(task, list(examples.as_numpy_iterator()), features.cache(), labels, candidates)
 
 
