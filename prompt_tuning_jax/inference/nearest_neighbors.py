@@ -106,7 +106,7 @@ def plot_similarities(path: str, ids: np.ndarray, sims: np.ndarray, vocabulary: 
     for c in range(k):
       ax.text(c, r, vocabulary.decode([int(ids[r, c])]) or "''", ha="center", va="center", fontsize=7,
               color="white" if sims[r, c] < 0.6 else "black")
-  ax.set(xlabel="neighbour rank", ylabel="prompt row", title=title, xticks=range(k),
+  ax.set(xlabel="neighbour rank", ylabel="prompt row", title=title, xticks=range(k), yticks=range(rows),
          xticklabels=[str(i + 1) for i in range(k)])
   fig.colorbar(image, ax=ax, label="cosine similarity")
   fig.tight_layout()
