@@ -318,6 +318,8 @@ def train_and_measure(model_dir: str) -> tuple[dict[str, float], float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """The whole demo; returns (and writes to MODEL_DIR/results.json) what it measured."""
   started = time.perf_counter()
+  if args.serve_tasks:
+    check_serving_flags(args)
   model_dir = prepare_model_dir(args.model_dir, args.fresh)
   with open(os.path.join(model_dir, MARKER_FILE), "w") as f:
     json.dump(vars(args), f, indent=2, sort_keys=True)
@@ -463,6 +465,18 @@ def _timed_predict(predictor: Any, inputs: Sequence[str], names: Sequence[str], 
   return texts, len(inputs) / (time.perf_counter() - started)
 
 
+def check_serving_flags(args: argparse.Namespace) -> list[str]:
+  """The serving stage's tasks (--task first); bad serving flags are refused before anything trains."""
+  for flag in ("serve_steps", "serve_examples", "ensemble_size", "ensemble_steps"):
+    if getattr(args, flag) < 1:
+      raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+  tasks = [args.task] + [t for t in args.serve_tasks.split(",") if t and t != args.task]
+  unknown = [t for t in tasks if t not in synthetic.TARGET_FNS]
+  if unknown:
+    raise ValueError(f"--serve_tasks names unknown tasks {unknown}; choose from {sorted(synthetic.TARGET_FNS)}")
+  return tasks
+
+
 def serve_many_tasks(args: argparse.Namespace, model_dir: str, main_prompt: np.ndarray) -> dict[str, Any]:
   """The paper's serving promise on the demo: prompts of several tasks from one frozen model, in mixed batches.
 
@@ -474,12 +488,7 @@ def serve_many_tasks(args: argparse.Namespace, model_dir: str, main_prompt: np.n
   from prompt_tuning_jax import inference
   from prompt_tuning_jax.inference import ensemble
 
-  if args.ensemble_size < 1:
-    raise ValueError(f"--ensemble_size must be at least 1, got {args.ensemble_size}")
-  tasks = [args.task] + [t for t in args.serve_tasks.split(",") if t and t != args.task]
-  unknown = [t for t in tasks if t not in synthetic.TARGET_FNS]
-  if unknown:
-    raise ValueError(f"--serve_tasks names unknown tasks {unknown}; choose from {sorted(synthetic.TARGET_FNS)}")
+  tasks = check_serving_flags(args)
   prompts = {args.task: main_prompt}
   for task in tasks[1:]:
     print(f"demo: prompt tuning {task} (no prefix) for {args.serve_steps} steps, to serve it too ...", flush=True)

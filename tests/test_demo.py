@@ -83,6 +83,14 @@ def test_demo_gin_stack_binds_the_task_without_its_prefix_and_a_20_token_prompt(
   assert model.config.dropout_rate == 0.0
 
 
+@pytest.mark.parametrize("flag, message", [("--ensemble_size=0", "--ensemble_size must be at least 1"),
+                                           ("--serve_tasks=sort,nope", r"unknown tasks \['nope'\]")])
+def test_bad_serving_flags_are_refused_before_anything_runs(tmp_path, flag, message):
+  with pytest.raises(ValueError, match=message):
+    demo.run(demo.parse_flags([f"--model_dir={tmp_path}/run", flag]))
+  assert not (tmp_path / "run").exists()
+
+
 def test_model_dir_that_the_demo_did_not_make_is_refused(tmp_path):
   (tmp_path / "precious.txt").write_text("keep me")
   with pytest.raises(ValueError, match="is not a demo run"):
