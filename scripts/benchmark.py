@@ -145,6 +145,33 @@ def run_peft(args, mode: str) -> dict:
   return dict(impl=f"peft-{mode}", step_s=seconds, loss=float(loss.detach()), peak_gib=peak)
 
 
+def _inference_config(args):
+  """The T5Config of `--size` and `--dtype` (vocabulary 32128) for the inference benchmarks."""
+  from prompt_tuning_jax.model import T5Config
+
+  s = SIZES[args.size]
+  return T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
+                  mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
+                  dtype=args.dtype)
+
+
+def _time_calls(calls: dict, args) -> dict:
+  """{name: seconds per call} of each zero-argument jax call, after `--warmup` calls, over `--steps` calls."""
+  import time
+
+  import jax
+
+  timings = {}
+  for name, fn in calls.items():
+    for _ in range(args.warmup):
+      jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      jax.block_until_ready(fn())
+    timings[name] = (time.perf_counter() - start) / args.steps
+  return timings
+
+
 def run_mixed_prompts(args) -> dict:
   """Serving N tasks' prompts from one frozen model: a batch of mixed requests in one pass through the prompt bank
   vs the same requests one task at a time (N passes of batch / N rows, each with its task's prompt in the model).
@@ -153,7 +180,6 @@ def run_mixed_prompts(args) -> dict:
   compiled before timing. Returns examples/s of each and their ratio.
   """
   import functools
-  import time
 
   import flax.linen as nn
   import jax
@@ -163,15 +189,12 @@ def run_mixed_prompts(args) -> dict:
   from prompt_tuning_jax import prompts
   from prompt_tuning_jax.inference import decoding
   from prompt_tuning_jax.inference.bank import PromptBank
-  from prompt_tuning_jax.model import T5Config, Transformer
+  from prompt_tuning_jax.model import Transformer
 
   n, batch = args.mixed_prompts, args.batch
   if batch % n:
     raise SystemExit(f"--batch {batch} must be a multiple of --mixed_prompts {n} (equal requests per task)")
-  s = SIZES[args.size]
-  config = T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
-                    mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
-                    dtype=args.dtype)
+  config = _inference_config(args)
   bare = Transformer(config)
   single = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
   rng = np.random.RandomState(0)
@@ -194,14 +217,7 @@ def run_mixed_prompts(args) -> dict:
     return [decoding.decode(single, with_prompt[i], tokens[rows_of[i]], max_decode_length=args.targets)[0]
             for i in range(n)]
 
-  timings = {}
-  for name, fn in (("mixed batch (bank)", mixed), ("one task at a time", one_task_at_a_time)):
-    for _ in range(args.warmup):
-      jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      jax.block_until_ready(fn())
-    timings[name] = (time.perf_counter() - start) / args.steps
+  timings = _time_calls({"mixed batch (bank)": mixed, "one task at a time": one_task_at_a_time}, args)
   mixed_tokens = np.asarray(mixed())
   alone_tokens = one_task_at_a_time()
   same = all(np.array_equal(mixed_tokens[rows_of[i]], np.asarray(alone_tokens[i])) for i in range(n))
@@ -217,7 +233,6 @@ def run_decode_speed(args) -> dict:
   generate all `--targets` tokens. The encoder pass is timed in both. Returns seconds per batch and tokens/s.
   """
   import functools
-  import time
 
   import flax.linen as nn
   import jax
@@ -226,12 +241,9 @@ def run_decode_speed(args) -> dict:
 
   from prompt_tuning_jax import prompts
   from prompt_tuning_jax.inference import decoding
-  from prompt_tuning_jax.model import T5Config, Transformer
+  from prompt_tuning_jax.model import Transformer
 
-  s = SIZES[args.size]
-  config = T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
-                    mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
-                    dtype=args.dtype)
+  config = _inference_config(args)
   model = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
   tokens = jnp.asarray(np.random.RandomState(0).randint(2, 32000, (args.batch, args.inputs)), jnp.int32)
   params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
@@ -246,14 +258,7 @@ def run_decode_speed(args) -> dict:
     return decoding.greedy_decode_uncached(model, params, encoded, mask, max_decode_length=args.targets,
                                            eos_id=no_eos)[0]
 
-  timings = {}
-  for name, fn in (("KV cache", cached), ("no cache (re-run decoder)", uncached)):
-    for _ in range(args.warmup):
-      jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      jax.block_until_ready(fn())
-    timings[name] = (time.perf_counter() - start) / args.steps
+  timings = _time_calls({"KV cache": cached, "no cache (re-run decoder)": uncached}, args)
   same = bool(np.array_equal(np.asarray(cached()), np.asarray(uncached())))
   generated = args.batch * args.targets
   return dict(device=str(jax.devices()[0].device_kind), same_tokens=same,
