@@ -47,6 +47,10 @@ def _score(params, inputs, tokens):
   return np.asarray(scoring.score(MODEL, params, inputs, tokens, target_mask=decoding.sequence_mask(tokens, EOS)))
 
 
+_teacher_forced_logits = jax.jit(lambda p, encoded, mask, tokens: decoding.decoder_logits(MODEL, p, encoded, mask,
+                                                                                       tokens)[0])
+
+
 def _ends_early(tokens):
   """Rows [n, length] with an EOS before the last position (so the 'pad after EOS' branch ran)."""
   return np.array([EOS in row[:-1] for row in np.asarray(tokens)])
@@ -73,7 +77,7 @@ def test_tokens_after_eos_are_padding(eos_params, inputs):
     assert (row[eos_at + 1:] == 0).all()
   # Without the padding the model would go on: after its EOS a row's next argmax is not 0.
   encoded, mask = decoding.encode(MODEL, eos_params, inputs)
-  logits, _ = decoding.decoder_logits(MODEL, eos_params, encoded, mask, jnp.pad(tokens[:, :-1], ((0, 0), (1, 0))))
+  logits = _teacher_forced_logits(eos_params, encoded, mask, jnp.pad(tokens[:, :-1], ((0, 0), (1, 0))))
   row = int(np.flatnonzero(ends)[0])
   eos_at = list(tokens[row]).index(EOS)
   assert int(jnp.argmax(logits[row, eos_at + 1])) != 0
@@ -114,7 +118,7 @@ def test_one_beam_without_length_penalty_equals_greedy(params, inputs):
   # Where EOS is never second best along the greedy path, no shorter finished sequence competes with greedy's
   # (the general case is the next test): there 1-beam search is greedy.
   encoded, mask = decoding.encode(MODEL, params, inputs)
-  logits, _ = decoding.decoder_logits(MODEL, params, encoded, mask, jnp.pad(greedy[:, :-1], ((0, 0), (1, 0))))
+  logits = _teacher_forced_logits(params, encoded, mask, jnp.pad(greedy[:, :-1], ((0, 0), (1, 0))))
   runner_up = jax.lax.top_k(logits, 2)[1][..., 1]
   rows = ~np.asarray((runner_up == EOS) & decoding.sequence_mask(greedy, EOS)).any(-1)
   assert rows.sum() >= 3
@@ -122,32 +126,45 @@ def test_one_beam_without_length_penalty_equals_greedy(params, inputs):
   np.testing.assert_allclose(beam_scores[rows, 0], greedy_scores[rows], rtol=1e-5)
 
 
-def test_one_beam_returns_the_most_likely_of_greedy_prefixes_ended_by_eos(eos_params, inputs):
+def _greedy_prefixes_ended_by_eos(p, inputs):
+  """Per row, the candidates of 1-beam search: greedy's non-EOS path cut where EOS ranks in the two best tokens and
+  ended by EOS (or, if that never happens, the whole path)."""
+  encoded, mask = decoding.encode(MODEL, p, inputs)
+  path = np.zeros((inputs.shape[0], LENGTH), np.int32)
+  candidates = [[] for _ in range(inputs.shape[0])]
+  for position in range(LENGTH):  # causal: the logits at `position` see path[:, :position] only
+    logits = _teacher_forced_logits(p, encoded, mask, np.pad(path[:, :-1], ((0, 0), (1, 0))))
+    best_two = np.asarray(jax.lax.top_k(logits[:, position], 2)[1])
+    for row, (first, second) in enumerate(best_two):
+      if EOS in (first, second):
+        candidates[row].append([*path[row, :position], EOS])
+      path[row, position] = second if first == EOS else first
+  return [found or [list(path[row])] for row, found in enumerate(candidates)]
+
+
+def test_one_beam_returns_the_most_likely_of_greedy_prefixes_ended_by_eos(params, eos_params, inputs):
   """t5x's 1-beam search (its eval decoding): the live beam follows greedy's best non-EOS token; every EOS among
   the two best extensions finishes a candidate; the best candidate by penalized score is returned (the live beam
-  if none finished)."""
-  for alpha in (0.0, 0.6):
-    beam, beam_scores = decoding.decode(MODEL, eos_params, inputs, max_decode_length=LENGTH, method="beam",
-                                        num_beams=1, alpha=alpha)
-    encoded, mask = decoding.encode(MODEL, eos_params, inputs)
-    for row in range(inputs.shape[0]):
-      prefix, candidates = [], []
-      for position in range(LENGTH):
-        decoder_input = jnp.asarray([[0] + prefix + [0] * (LENGTH - 1 - len(prefix))], jnp.int32)
-        logits, _ = decoding.decoder_logits(MODEL, eos_params, encoded[row:row + 1], mask[row:row + 1],
-                                            decoder_input)
-        best_two = list(np.asarray(jax.lax.top_k(logits[0, position], 2)[1]))
-        if EOS in best_two:
-          candidates.append(prefix + [EOS])
-        prefix = prefix + [next(t for t in best_two if t != EOS)]
-      if not candidates:  # nothing finished: the live beam, greedy's non-EOS path, run to the length limit
-        candidates = [prefix]
-      padded = np.asarray([c + [0] * (LENGTH - len(c)) for c in candidates], np.int32)
-      scores = _score(eos_params, jnp.repeat(inputs[row:row + 1], len(candidates), axis=0), padded)
-      scores = scores / np.asarray(decoding.brevity_penalty(alpha, [len(c) for c in candidates]))
-      best = int(np.argmax(scores))
-      np.testing.assert_array_equal(beam[row, 0], padded[best])
-      np.testing.assert_allclose(beam_scores[row, 0], scores[best], rtol=1e-5)
+  if none finished). Not greedy: on these models some rows end at an EOS greedy passed over."""
+  several, not_greedy = False, False
+  for p in (params, eos_params):
+    candidates = _greedy_prefixes_ended_by_eos(p, inputs)
+    several = several or any(len(c) > 1 for c in candidates)
+    owner = np.asarray([row for row, found in enumerate(candidates) for _ in found])
+    flat = [c for found in candidates for c in found]
+    padded = np.asarray([c + [0] * (LENGTH - len(c)) for c in flat], np.int32)
+    log_likelihood = _score(p, inputs[owner], padded)
+    greedy, _ = decoding.decode(MODEL, p, inputs, max_decode_length=LENGTH)
+    for alpha in (0.0, 0.6):
+      beam, beam_scores = decoding.decode(MODEL, p, inputs, max_decode_length=LENGTH, method="beam", num_beams=1,
+                                          alpha=alpha)
+      scores = log_likelihood / np.asarray(decoding.brevity_penalty(alpha, [len(c) for c in flat]))
+      for row in range(inputs.shape[0]):
+        best = int(np.flatnonzero(owner == row)[np.argmax(scores[owner == row])])
+        np.testing.assert_array_equal(beam[row, 0], padded[best])
+        np.testing.assert_allclose(beam_scores[row, 0], scores[best], rtol=1e-5)
+      not_greedy = not_greedy or bool((np.asarray(beam[:, 0]) != np.asarray(greedy)).any())
+  assert several and not_greedy  # the data exercises a choice, and a result greedy does not give
 
 
 @pytest.mark.parametrize("num_beams, alpha", [(3, 0.6), (4, 0.0)])
