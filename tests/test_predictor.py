@@ -183,3 +183,13 @@ def test_a_gin_file_builds_the_model_and_gin_is_not_needed_after(packaged):
   assert predictor.model.config.emb_dim == 128
   alone = predictor.predict(INPUTS, max_decode_length=DECODE_LENGTH)
   assert len(alone) == len(INPUTS) and all(p.prompt == "five" for p in alone)
+
+
+def test_a_saved_prompt_reloads_to_the_same_predictions(packaged, predictor, tmp_path):
+  checkpoint, vocabulary, files = packaged
+  adapter = checkpoint_io.save_peft_adapter(np.load(files["twenty"]), str(tmp_path / "adapter"), num_layers=2,
+                                            num_attention_heads=4)
+  reloaded = inference.Predictor.load(checkpoint, {"twenty": adapter}, vocabulary=vocabulary, batch_size=8,
+                                      max_input_length=12)
+  expected = predictor.predict(INPUTS, prompt="twenty", max_decode_length=DECODE_LENGTH)
+  assert reloaded.predict(INPUTS, max_decode_length=DECODE_LENGTH) == expected

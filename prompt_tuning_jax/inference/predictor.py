@@ -248,7 +248,7 @@ class Predictor:
     return np.array([self.bank.index(name) for name in names], np.int32)
 
   def _chunks(self, ids: list[list[int]], prompt_ids: np.ndarray):
-    """Yields (encoded, encoder_mask, real rows, slice) per padded chunk of `batch_size` rows."""
+    """Yields (encoded, encoder_mask, number of real rows) per chunk of `batch_size` rows (the last padded)."""
     for start in range(0, len(ids), self.batch_size):
       chunk = ids[start:start + self.batch_size]
       batch = make_batch(chunk, self.max_input_length, self.eos_id, self.batch_size)
