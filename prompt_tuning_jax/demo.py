@@ -14,6 +14,10 @@ prompt tuning and, with --model_finetune, for full fine-tuning. It prints the me
 predictions and the learned prompt's nearest vocabulary tokens, and writes to MODEL_DIR: the prompt (.npy and
 PEFT adapter), a loss/accuracy curve (PNG), results.json, and each run's checkpoints, metrics.jsonl and
 config.gin. Re-running resumes a finished or interrupted run; --fresh starts over.
+
+Then the serving stage (`serve_many_tasks`; --serve_tasks, default sort,last): prompts for more taskless tasks,
+all served with the first from the one frozen model in mixed batches through `inference.Predictor` (exact match
+mixed vs alone, and throughput), and an ensemble of --ensemble_size prompts for --task with its majority vote.
 """
 
 from __future__ import annotations
