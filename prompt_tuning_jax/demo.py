@@ -14,6 +14,10 @@ prompt tuning and, with --model_finetune, for full fine-tuning. It prints the me
 predictions and the learned prompt's nearest vocabulary tokens, and writes to MODEL_DIR: the prompt (.npy and
 PEFT adapter), a loss/accuracy curve (PNG), results.json, and each run's checkpoints, metrics.jsonl and
 config.gin. Re-running resumes a finished or interrupted run; --fresh starts over.
+
+Then the serving stage (`serve_many_tasks`; --serve_tasks, default sort,last): prompts for more taskless tasks,
+all served with the first from the one frozen model in mixed batches through `inference.Predictor` (exact match
+mixed vs alone, and throughput), and an ensemble of --ensemble_size prompts for --task with its majority vote.
 """
 
 from __future__ import annotations
@@ -270,6 +274,16 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                       help="validation examples per evaluation (default: all 500)")
   parser.add_argument("--model_finetune", action="store_true",
                       help="also fine-tune the whole model on the same task and budget, as a baseline")
+  parser.add_argument("--serve_tasks", default="sort,last",
+                      help="more tasks whose prompts are trained and then served with --task's in mixed batches "
+                           "(comma-separated; empty: skip the serving stage)")
+  parser.add_argument("--serve_steps", type=int, default=300, help="training steps of each --serve_tasks prompt")
+  parser.add_argument("--serve_examples", type=int, default=128,
+                      help="validation examples per task in the mixed-batch serving stage")
+  parser.add_argument("--ensemble_size", type=int, default=3,
+                      help="K prompts for --task in the ensemble, trained from seeds 1..K (short runs, so that "
+                           "they err and the vote has work to do)")
+  parser.add_argument("--ensemble_steps", type=int, default=30, help="training steps of each ensemble prompt")
   parser.add_argument("--gin_bindings", action="append", default=[],
                       help="extra gin bindings for every run, e.g. 'LEARNING_RATE = 0.1' (repeatable)")
   return parser.parse_args(argv)
@@ -324,6 +338,8 @@ def train_and_measure(model_dir: str) -> tuple[dict[str, float], float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """The whole demo; returns (and writes to MODEL_DIR/results.json) what it measured."""
   started = time.perf_counter()
+  if args.serve_tasks:
+    check_serving_flags(args)
   model_dir = prepare_model_dir(args.model_dir, args.fresh)
   prompt_dir = os.path.join(model_dir, PROMPT_TUNING_DIR)
   parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(args, prompt_dir))
@@ -389,6 +405,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   embedding = checkpoint_io.load_params(checkpoint)[0]["token_embedder"]["embedding"][:vocabulary.vocab_size]
   drift = describe_drift(the_prompt(initial_params), prompt, embedding, vocabulary)
   print_report(results, examples, shown, drift, written, model_dir)
+  if args.serve_tasks:
+    results["serving"] = serve_many_tasks(args, model_dir, prompt)
+    results["total_seconds"] = time.perf_counter() - started
+    with open(written["results"], "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    print(f"demo: with the serving stage, done in {results['total_seconds']:.0f} s")
   return results
 
 
@@ -427,6 +449,148 @@ def print_report(results: Mapping[str, Any], examples: Sequence[Mapping[str, Any
   for what, path in written.items():
     print(f"  {what:22s} {path}")
   print(f"demo: done in {results['total_seconds']:.0f} s")
+
+
+SERVE_DIR = "serving"  # MODEL_DIR/serving/<name>: the extra prompt-tuning runs of the serving stage
+SERVE_BATCH_SIZE = 32
+SPEED_ROUNDS = 3
+
+
+def train_extra_prompt(args: argparse.Namespace, model_dir: str, task: str, steps: int, seed: int) -> np.ndarray:
+  """Prompt-tunes one more prompt (`task` without its prefix, `steps`, `seed`) like the main run; its prompt."""
+  run_dir = os.path.join(model_dir, SERVE_DIR, f"{task}_seed{seed}_{steps}steps")
+  overrides = argparse.Namespace(**{**vars(args), "task": task, "train_steps": steps, "eval_period": steps,
+                                    "eval_examples": min(64, args.eval_examples or 64)})
+  parse_demo_gin(prompt_tuning_gin(args.prompt_init), _bindings(overrides, run_dir) + [f"SEED = {seed}"])
+  gin.get_configurable(runs.train)()
+  return checkpointing.read_step_prompt(run_dir, steps)
+
+
+def _served_examples(task: str, count: int) -> list[dict[str, Any]]:
+  lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+  examples = pipeline.get_task_dataset(synthetic.task_name(task, taskless=True), lengths, "validation")
+  return [{"task": task, "inputs": postprocessors.as_text(ex["inputs_pretokenized"]),
+           "targets": postprocessors.as_text(ex["targets_pretokenized"])}
+          for ex in examples.take(count).as_numpy_iterator()]
+
+
+def _timed_predict(predictor: Any, inputs: Sequence[str], names: Sequence[str], max_decode_length: int,
+                   per_call: int) -> tuple[list[str], float]:
+  """Predictions and examples/s, calling the predictor on `per_call` rows at a time (compiled beforehand)."""
+  predictor.predict(inputs[:per_call], names[:per_call], max_decode_length=max_decode_length)  # compile
+  started = time.perf_counter()
+  texts = []
+  for start in range(0, len(inputs), per_call):
+    predictions = predictor.predict(inputs[start:start + per_call], names[start:start + per_call],
+                                    max_decode_length=max_decode_length)
+    texts += [p.prediction for p in predictions]
+  return texts, len(inputs) / (time.perf_counter() - started)
+
+
+def check_serving_flags(args: argparse.Namespace) -> list[str]:
+  """The serving stage's tasks (--task first); bad serving flags are refused before anything trains."""
+  for flag in ("serve_steps", "serve_examples", "ensemble_size", "ensemble_steps"):
+    if getattr(args, flag) < 1:
+      raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+  tasks = [args.task] + [t for t in args.serve_tasks.split(",") if t and t != args.task]
+  unknown = [t for t in tasks if t not in synthetic.TARGET_FNS]
+  if unknown:
+    raise ValueError(f"--serve_tasks names unknown tasks {unknown}; choose from {sorted(synthetic.TARGET_FNS)}")
+  return tasks
+
+
+def serve_many_tasks(args: argparse.Namespace, model_dir: str, main_prompt: np.ndarray) -> dict[str, Any]:
+  """The paper's serving promise on the demo: prompts of several tasks from one frozen model, in mixed batches.
+
+  Trains a prompt for each of --serve_tasks, then serves the validation examples of every task (--task's too),
+  interleaved so that every batch mixes the tasks, through one `inference.Predictor` (one encoder pass and one
+  decode per batch); and serves each task alone. Then an ensemble: --ensemble_size prompts for --task (seeds
+  1..K, --ensemble_steps each) in one batched pass, majority vote. Prints both tables and returns their numbers.
+  """
+  from prompt_tuning_jax import inference
+  from prompt_tuning_jax.inference import ensemble
+
+  tasks = check_serving_flags(args)
+  prompts = {args.task: main_prompt}
+  for task in tasks[1:]:
+    print(f"demo: prompt tuning {task} (no prefix) for {args.serve_steps} steps, to serve it too ...", flush=True)
+    prompts[task] = train_extra_prompt(args, model_dir, task, args.serve_steps, seed=0)
+  members = {}
+  for seed in range(1, args.ensemble_size + 1):
+    print(f"demo: prompt tuning {args.task}, seed {seed}, for {args.ensemble_steps} steps (ensemble) ...",
+          flush=True)
+    members[f"{args.task} seed {seed}"] = train_extra_prompt(args, model_dir, args.task, args.ensemble_steps, seed)
+  max_decode_length = gin.query_parameter("%TASK_FEATURE_LENGTHS")["targets"]
+  max_input_length = gin.query_parameter("%TASK_FEATURE_LENGTHS")["inputs"]
+  checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+  model = gin.get_configurable(t5.Transformer)()
+  vocabulary = vocab.synthetic_vocabulary()
+  per_task = {task: _served_examples(task, args.serve_examples) for task in tasks}
+
+  print(f"demo: serving {len(tasks)} tasks from one frozen model ...", flush=True)
+  predictor = inference.Predictor.load(checkpoint, prompts, model=model, vocabulary=vocabulary,
+                                       batch_size=SERVE_BATCH_SIZE, max_input_length=max_input_length)
+  mixed = [ex for group in zip(*per_task.values(), strict=True) for ex in group]  # task 0, 1, 2, 0, 1, 2, ...
+  served: dict[str, Any] = {"tasks": {}, "batch_size": SERVE_BATCH_SIZE}
+  speeds: dict[str, list[float]] = {"mixed": [], "alone": []}
+  for _ in range(SPEED_ROUNDS):  # alternated, best of each: a busy machine slows one round, not one side
+    mixed_texts, speed = _timed_predict(predictor, [e["inputs"] for e in mixed], [e["task"] for e in mixed],
+                                        max_decode_length, SERVE_BATCH_SIZE)
+    speeds["mixed"].append(speed)
+    alone_texts, alone_seconds = {}, 0.0
+    for task, examples in per_task.items():
+      inputs = [e["inputs"] for e in examples]
+      alone_texts[task], speed = _timed_predict(predictor, inputs, [task] * len(inputs), max_decode_length,
+                                                SERVE_BATCH_SIZE)
+      alone_seconds += len(inputs) / speed
+    speeds["alone"].append(len(mixed) / alone_seconds)
+  for task, examples in per_task.items():
+    targets, alone = [e["targets"] for e in examples], alone_texts[task]
+    mine = [text for e, text in zip(mixed, mixed_texts, strict=True) if e["task"] == task]
+    served["tasks"][task] = {"mixed": ensemble.exact_match(mine, targets),
+                             "alone": ensemble.exact_match(alone, targets), "identical": mine == alone}
+  served["mixed_examples_per_second"] = max(speeds["mixed"])
+  served["alone_examples_per_second"] = max(speeds["alone"])
+
+  members_predictor = inference.Predictor.load(checkpoint, members, model=model, vocabulary=vocabulary,
+                                               batch_size=len(members) * SERVE_BATCH_SIZE,
+                                               max_input_length=max_input_length)
+  examples = per_task[args.task]
+  targets = [e["targets"] for e in examples]
+  inputs = [e["inputs"] for e in examples]
+  results = [ensemble.ensemble_predict(members_predictor, inputs[start:start + SERVE_BATCH_SIZE], list(members),
+                                       max_decode_length=max_decode_length)
+             for start in range(0, len(inputs), SERVE_BATCH_SIZE)]
+  combined = ensemble.concatenate(results)
+  served["ensemble"] = ensemble.ensemble_metrics(combined, targets)
+  # Shown: the first example the prompts disagree on (else the first).
+  shown = next((i for i, votes in enumerate(combined.votes) if votes < len(members)), 0)
+  served["ensemble_example"] = {"input": examples[shown]["inputs"], "target": targets[shown],
+                                "answers": [combined.per_prompt[k][shown] for k in range(len(members))],
+                                "vote": combined.answers[shown], "votes": combined.votes[shown]}
+  print_serving_report(served, list(members), len(examples), args)
+  return served
+
+
+def print_serving_report(served: Mapping[str, Any], members: Sequence[str], num_examples: int,
+                         args: argparse.Namespace) -> None:
+  """The per-task table (mixed vs alone) and the ensemble's Table 3 rows."""
+  from prompt_tuning_jax.inference import ensemble
+
+  print(f"\n== one frozen model, {len(served['tasks'])} prompts: {num_examples} validation examples per task, "
+        f"batches of {served['batch_size']} ==")
+  print(f"{'task (no prefix)':18s} {'exact match, mixed batches':>27s} {'alone':>8s} {'identical':>10s}")
+  for task, row in served["tasks"].items():
+    print(f"{task:18s} {row['mixed']:26.1f}% {row['alone']:7.1f}% {'yes' if row['identical'] else 'NO':>10s}")
+  print(f"throughput (best of {SPEED_ROUNDS} alternated rounds): {served['mixed_examples_per_second']:.0f} "
+        f"examples/s in mixed batches, {served['alone_examples_per_second']:.0f} examples/s one task at a time "
+        "(same predictor and batch size, greedy)")
+  print(f"\n== prompt ensemble for {args.task}: {len(members)} prompts in one batched pass, majority vote "
+        f"(ties: the earliest prompt's answer) ==")
+  print("\n".join(ensemble.format_ensemble_table(served["ensemble"], members)))
+  example = served["ensemble_example"]
+  print(f"e.g. input {example['input']!r} (target {example['target']!r}): answers {example['answers']} -> vote "
+        f"{example['vote']!r} ({example['votes']} of {len(members)})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 r"""Prompt-tuning train-step throughput: this package's real train step beside PEFT, measured in one run.
 
   .venv/bin/python scripts/benchmark.py                       # CPU: cpu_small, float32, PEFT eager and compiled
+  .venv/bin/python scripts/benchmark.py --decode_speed --targets=64   # decoding tokens/s, KV cache vs none
   python scripts/benchmark.py --size=base --batch=32 --dtype=bfloat16 --peft_modes=bf16,bf16c   # one GPU
 
 Both sides do the same work: T5 1.1 with random weights, a [prompt_length, embed] prompt in front of the encoder
@@ -144,6 +145,128 @@ def run_peft(args, mode: str) -> dict:
   return dict(impl=f"peft-{mode}", step_s=seconds, loss=float(loss.detach()), peak_gib=peak)
 
 
+def _inference_config(args):
+  """The T5Config of `--size` and `--dtype` (vocabulary 32128) for the inference benchmarks."""
+  from prompt_tuning_jax.model import T5Config
+
+  s = SIZES[args.size]
+  return T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
+                  mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
+                  dtype=args.dtype)
+
+
+def _time_calls(calls: dict, args) -> dict:
+  """{name: seconds per call} of each zero-argument jax call, after `--warmup` calls, over `--steps` calls."""
+  import time
+
+  import jax
+
+  timings = {}
+  for name, fn in calls.items():
+    for _ in range(args.warmup):
+      jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      jax.block_until_ready(fn())
+    timings[name] = (time.perf_counter() - start) / args.steps
+  return timings
+
+
+def run_mixed_prompts(args) -> dict:
+  """Serving N tasks' prompts from one frozen model: a batch of mixed requests in one pass through the prompt bank
+  vs the same requests one task at a time (N passes of batch / N rows, each with its task's prompt in the model).
+
+  Both greedy-decode `--targets` tokens with the KV cache after one encoder pass; shapes are fixed, everything is
+  compiled before timing. Returns examples/s of each and their ratio.
+  """
+  import functools
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from prompt_tuning_jax import prompts
+  from prompt_tuning_jax.inference import decoding
+  from prompt_tuning_jax.inference.bank import PromptBank
+  from prompt_tuning_jax.model import Transformer
+
+  n, batch = args.mixed_prompts, args.batch
+  if batch % n:
+    raise SystemExit(f"--batch {batch} must be a multiple of --mixed_prompts {n} (equal requests per task)")
+  config = _inference_config(args)
+  bare = Transformer(config)
+  single = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
+  rng = np.random.RandomState(0)
+  tokens = jnp.asarray(rng.randint(2, 32000, (batch, args.inputs)), jnp.int32)
+  params = nn.meta.unbox(jax.jit(functools.partial(bare.init, enable_dropout=False))(
+      jax.random.PRNGKey(0), tokens[:1], tokens[:1, :args.targets], tokens[:1, :args.targets])["params"])
+  bank = PromptBank.from_prompts([(f"task{i}", rng.uniform(-0.5, 0.5, (args.prompt_length, config.emb_dim)))
+                                  for i in range(n)])
+  task_of_row = np.arange(batch) % n  # requests arrive interleaved
+
+  def mixed():
+    encoded, mask = bank.encode(bare, params, task_of_row, tokens)
+    return decoding.decode(bare, params, max_decode_length=args.targets, encoded=encoded, encoder_mask=mask)[0]
+
+  with_prompt = [{**params, "encoder": {**params["encoder"],
+                                       "prompt": {"prompt": {"prompt": bank.prompt(f"task{i}")}}}} for i in range(n)]
+  rows_of = [np.flatnonzero(task_of_row == i) for i in range(n)]
+
+  def one_task_at_a_time():
+    return [decoding.decode(single, with_prompt[i], tokens[rows_of[i]], max_decode_length=args.targets)[0]
+            for i in range(n)]
+
+  timings = _time_calls({"mixed batch (bank)": mixed, "one task at a time": one_task_at_a_time}, args)
+  mixed_tokens = np.asarray(mixed())
+  alone_tokens = one_task_at_a_time()
+  same = all(np.array_equal(mixed_tokens[rows_of[i]], np.asarray(alone_tokens[i])) for i in range(n))
+  return dict(prompts=n, batch=batch, device=str(jax.devices()[0].device_kind), same_tokens=same,
+              **{f"{name} examples/s": batch / seconds for name, seconds in timings.items()},
+              speedup=timings["one task at a time"] / timings["mixed batch (bank)"])
+
+
+def run_decode_speed(args) -> dict:
+  """Greedy decoding tokens/s with the KV cache (`decoding.decode`: one position per step, cross-attention keys
+  and values projected once) vs without it (`decoding.greedy_decode_uncached`: the whole teacher-forced decoder
+  re-run over the growing prefix every step), on the same prompted model and batch; EOS is disabled so both
+  generate all `--targets` tokens. The encoder pass is timed in both. Returns seconds per batch and tokens/s.
+  """
+  import functools
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from prompt_tuning_jax import prompts
+  from prompt_tuning_jax.inference import decoding
+  from prompt_tuning_jax.model import Transformer
+
+  config = _inference_config(args)
+  model = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
+  tokens = jnp.asarray(np.random.RandomState(0).randint(2, 32000, (args.batch, args.inputs)), jnp.int32)
+  params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
+      jax.random.PRNGKey(0), tokens[:1], tokens[:1, :args.targets], tokens[:1, :args.targets])["params"])
+  no_eos = -1  # never generated: every row runs the full length
+
+  def cached():
+    return decoding.decode(model, params, tokens, max_decode_length=args.targets, eos_id=no_eos)[0]
+
+  def uncached():
+    encoded, mask = decoding.encode(model, params, tokens)
+    return decoding.greedy_decode_uncached(model, params, encoded, mask, max_decode_length=args.targets,
+                                           eos_id=no_eos)[0]
+
+  timings = _time_calls({"KV cache": cached, "no cache (re-run decoder)": uncached}, args)
+  same = bool(np.array_equal(np.asarray(cached()), np.asarray(uncached())))
+  generated = args.batch * args.targets
+  return dict(device=str(jax.devices()[0].device_kind), same_tokens=same,
+              rows=[dict(impl=name, batch_s=seconds, tokens_per_s=generated / seconds)
+                    for name, seconds in timings.items()],
+              speedup=timings["no cache (re-run decoder)"] / timings["KV cache"])
+
+
 def _subprocess(args, side: str) -> dict:
   command = [sys.executable, os.path.abspath(__file__), f"--_side={side}",
              *[a for a in sys.argv[1:] if not a.startswith("--_side")]]
@@ -168,10 +291,38 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--json_out", default=None, help="also write the results here")
+  parser.add_argument("--mixed_prompts", type=int, default=0,
+                      help="instead: serving N prompts, one mixed batch vs one task at a time (e.g. 8)")
+  parser.add_argument("--decode_speed", action="store_true",
+                      help="instead: greedy decoding tokens/s with and without the KV cache (--targets steps)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.batch <= 0 or args.steps <= 0:
     parser.error("--batch and --steps must be positive")
+  if args.decode_speed:
+    result = run_decode_speed(args)
+    print(f"size {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, greedy "
+          f"{args.targets} tokens, {args.dtype}; device {result['device']}")
+    print(f"{'decoding':28s} {'ms/batch':>9s} {'tokens/s':>10s}")
+    for row in result["rows"]:
+      print(f"{row['impl']:28s} {1e3 * row['batch_s']:9.1f} {row['tokens_per_s']:10.1f}")
+    print(f"KV cache / no cache: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
+    if args.json_out:
+      with open(args.json_out, "w") as f:
+        json.dump(result, f, indent=1)
+    return
+  if args.mixed_prompts:
+    result = run_mixed_prompts(args)
+    print(f"size {args.size}, {args.mixed_prompts} prompts of {args.prompt_length} tokens, batch {args.batch} "
+          f"({args.batch // args.mixed_prompts} per task), {args.inputs} input tokens, greedy {args.targets} "
+          f"tokens, {args.dtype}; device {result['device']}")
+    for key in ("mixed batch (bank) examples/s", "one task at a time examples/s"):
+      print(f"{key:32s} {result[key]:10.1f}")
+    print(f"mixed batch / one task at a time: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
+    if args.json_out:
+      with open(args.json_out, "w") as f:
+        json.dump(result, f, indent=1)
+    return
   if args._side == "ours":
     print(json.dumps(run_ours(args)))
     return

@@ -83,6 +83,14 @@ def test_demo_gin_stack_binds_the_task_without_its_prefix_and_a_20_token_prompt(
   assert model.config.dropout_rate == 0.0
 
 
+@pytest.mark.parametrize("flag, message", [("--ensemble_size=0", "--ensemble_size must be at least 1"),
+                                           ("--serve_tasks=sort,nope", r"unknown tasks \['nope'\]")])
+def test_bad_serving_flags_are_refused_before_anything_runs(tmp_path, flag, message):
+  with pytest.raises(ValueError, match=message):
+    demo.run(demo.parse_flags([f"--model_dir={tmp_path}/run", flag]))
+  assert not (tmp_path / "run").exists()
+
+
 def test_model_dir_that_the_demo_did_not_make_is_refused(tmp_path):
   (tmp_path / "precious.txt").write_text("keep me")
   with pytest.raises(ValueError, match="is not a demo run"):
@@ -121,7 +129,8 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's run has
   result = subprocess.run(
       [sys.executable, "-m", "prompt_tuning_jax.demo", f"--model_dir={model_dir}", "--train_steps=40",
-       "--eval_period=40", f"--eval_examples={NUM_EXAMPLES}"],
+       "--eval_period=40", f"--eval_examples={NUM_EXAMPLES}", "--serve_tasks=last", "--serve_steps=20",
+       "--ensemble_size=2", "--ensemble_steps=20", "--serve_examples=32"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((model_dir / demo.RESULTS_FILE).read_text())
@@ -133,3 +142,11 @@ def test_short_demo_run_learns_a_prompt_that_beats_no_prompt(tmp_path):
   assert (model_dir / demo.CURVES_FILE).stat().st_size > 0
   assert (model_dir / demo.PROMPT_TUNING_DIR / "metrics.jsonl").is_file()
   assert "learned prompt (40 steps)" in result.stdout
+  serving = results["serving"]
+  assert set(serving["tasks"]) == {"reverse", "last"}  # results.json sorts its keys
+  # Served in mixed batches, every task gets exactly the predictions it gets alone.
+  assert all(row["identical"] and row["mixed"] == row["alone"] for row in serving["tasks"].values())
+  table = serving["ensemble"]
+  assert set(table) == {"reverse seed 1", "reverse seed 2", "mean", "best", "ensemble"}
+  assert table["best"] == max(table[f"reverse seed {k}"] for k in (1, 2))
+  assert "prompt ensemble for reverse: 2 prompts in one batched pass" in result.stdout

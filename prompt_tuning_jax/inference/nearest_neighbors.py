@@ -50,3 +50,66 @@ def describe_prompt(prompt: np.ndarray, embedding: np.ndarray, vocabulary: Decod
     tokens = ", ".join(f"{vocabulary.decode([int(i)])!r} {s:.2f}" for i, s in zip(row_ids, row_sims, strict=True))
     lines.append(f"prompt[{row:3d}]: {tokens}")
   return lines
+
+
+def shared_nearest_neighbors(ids: np.ndarray) -> tuple[int, dict[int, list[int]]]:
+  """The paper's first observation: prompt rows whose nearest token is also another row's nearest.
+
+  Args:
+    ids: [prompt_length, k] from `nearest_tokens`; column 0 is each row's nearest token.
+
+  Returns:
+    (number of rows that share their nearest token with at least one other row, {token id: [rows]} for every
+    token that is the nearest of two or more rows).
+  """
+  rows_of: dict[int, list[int]] = {}
+  for row, token in enumerate(ids[:, 0]):
+    rows_of.setdefault(int(token), []).append(row)
+  shared = {token: rows for token, rows in rows_of.items() if len(rows) > 1}
+  return sum(len(rows) for rows in shared.values()), shared
+
+
+class Encoder(Protocol):
+  """Anything with `encode(text) -> ids` (seqio vocabularies, sentencepiece processors)."""
+
+  def encode(self, s: str) -> Sequence[int]: ...
+
+
+def label_neighbors(ids: np.ndarray, vocabulary: Encoder, labels: Sequence[str]) -> dict[str, list[int]]:
+  """The paper's second observation: which class labels appear among each row's nearest tokens.
+
+  A label appears in a row when one of the label's sub-tokens is among the row's k nearest tokens.
+
+  Returns:
+    {label: [rows whose neighbours include it]}, for every label (an empty list when none).
+  """
+  neighbours = [set(int(i) for i in row) for row in ids]
+  found = {}
+  for label in labels:
+    label_ids = {int(i) for i in vocabulary.encode(label)}
+    found[label] = [row for row, near in enumerate(neighbours) if near & label_ids]
+  return found
+
+
+def plot_similarities(path: str, ids: np.ndarray, sims: np.ndarray, vocabulary: Decoder,
+                      title: str = "prompt rows' nearest vocabulary tokens") -> str:
+  """Writes a heatmap PNG: one row per prompt row, its k nearest tokens (annotated) by cosine similarity."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  rows, k = sims.shape
+  fig, ax = plt.subplots(figsize=(1.1 * k + 2.5, 0.32 * rows + 1.5))
+  image = ax.imshow(sims, cmap="viridis", aspect="auto", vmin=min(0.0, float(sims.min())), vmax=1.0)
+  for r in range(rows):
+    for c in range(k):
+      ax.text(c, r, vocabulary.decode([int(ids[r, c])]) or "''", ha="center", va="center", fontsize=7,
+              color="white" if sims[r, c] < 0.6 else "black")
+  ax.set(xlabel="neighbour rank", ylabel="prompt row", title=title, xticks=range(k), yticks=range(rows),
+         xticklabels=[str(i + 1) for i in range(k)])
+  fig.colorbar(image, ax=ax, label="cosine similarity")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -6,6 +6,11 @@ decoding) with T5X's parameter names, so T5X checkpoints load unrenamed and the 
 The prompt is any module made by `prompt_factory(name="prompt")` and called as
 `prompt_module(embedded_inputs [b, T, embed], embedding [vocab, embed]) -> [b, P + T, embed]`; see
 `prompts/prompt.py`. Without a factory this is plain T5 1.1 (full fine-tuning, pretraining).
+
+A batch may instead bring its own prompt rows (`prompt` [batch, P, embed] with `prompt_mask` [batch, P]): the
+prompt bank (`inference/bank.py`) serves examples of many tasks at once this way, each with its task's prompt,
+shorter prompts left-padded with masked rows. T5's positions are relative, so a masked row on the left changes
+neither the offsets between the real rows and the inputs nor any attention weight.
 """
 
 from __future__ import annotations
@@ -78,6 +83,16 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
 
+def prompt_valid(prompt_length: int, batch: int, prompt_mask: Array | None) -> Array:
+  """[batch, prompt_length] bool: `prompt_mask`, checked, or all True (a single prompt has no padding)."""
+  if prompt_mask is None:
+    return jnp.ones((batch, prompt_length), bool)
+  if prompt_mask.shape != (batch, prompt_length):
+    raise ValueError(f"prompt_mask has shape {prompt_mask.shape}, the encoder has {batch} examples with "
+                     f"{prompt_length} prompt positions; pass a [batch, prompt_length] mask")
+  return prompt_mask.astype(bool)
+
+
 def _maybe_remat(layer_cls: type[nn.Module], config: T5Config) -> type[nn.Module]:
   # Per-layer rematerialization: activations inside a layer are recomputed in the backward pass.
   return nn.remat(layer_cls) if config.remat_policy == "full" else layer_cls
@@ -92,19 +107,27 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
-               enable_dropout: bool = True) -> Array:
-    """[batch, length] tokens -> [batch, prompt_length + length, embed]."""
+               enable_dropout: bool = True, prompt: Array | None = None,
+               prompt_mask: Array | None = None) -> Array:
+    """[batch, length] tokens -> [batch, prompt_length + length, embed].
+
+    `prompt` [batch, P, embed], if given, is prepended instead of the prompt module's output; `prompt_mask`
+    [batch, P] bool (default all True) marks its real rows, the others are masked as attention keys.
+    """
     c = self.config
     deterministic = not enable_dropout
     x = self.shared_embedding(encoder_input_tokens)  # [b, t, embed]
     valid = encoder_input_tokens > 0
-    if self.prompt_factory is not None:
-      if encoder_segment_ids is not None:
-        raise ValueError("packed inputs (encoder_segment_ids) cannot be combined with a prompt; "
-                         "use a feature converter with pack=False")
+    if (self.prompt_factory is not None or prompt is not None) and encoder_segment_ids is not None:
+      raise ValueError("packed inputs (encoder_segment_ids) cannot be combined with a prompt; "
+                       "use a feature converter with pack=False")
+    if prompt is not None:
+      x = jnp.concatenate([prompt.astype(x.dtype), x], axis=1)  # [b, p + t, embed]
+    elif self.prompt_factory is not None:
       x = self.prompt_factory(name="prompt")(x, self.shared_embedding.embedding)  # [b, p + t, embed]
-      prompt_length = x.shape[1] - encoder_input_tokens.shape[1]
-      valid = jnp.concatenate([jnp.ones((valid.shape[0], prompt_length), bool), valid], axis=1)
+    if x.shape[1] > encoder_input_tokens.shape[1]:
+      valid = jnp.concatenate([prompt_valid(x.shape[1] - encoder_input_tokens.shape[1], valid.shape[0],
+                                            prompt_mask), valid], axis=1)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     mask = attention_mask(valid, valid, encoder_segment_ids, encoder_segment_ids)
@@ -160,29 +183,34 @@ class Transformer(nn.Module):
     self.decoder = Decoder(c, self.token_embedder)
 
   def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
-             encoder_positions: Array | None = None, *, enable_dropout: bool = True) -> Array:
+             encoder_positions: Array | None = None, *, enable_dropout: bool = True, prompt: Array | None = None,
+             prompt_mask: Array | None = None) -> Array:
     """[batch, length] -> [batch, prompt_length + length, embed].
 
-    `encoder_positions` is accepted for t5x compatibility; relative attention needs only offsets, which are exact
-    within each segment, so it does not change the result.
+    `prompt` [batch, P, embed] and `prompt_mask` [batch, P]: per-example prompt rows instead of the prompt
+    module's (see `Encoder`). `encoder_positions` is accepted for t5x compatibility; relative attention needs
+    only offsets, which are exact within each segment, so it does not change the result.
     """
     del encoder_positions
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, enable_dropout, prompt, prompt_mask)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
              decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None, *,
-             enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
+             enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None,
+             prompt_mask: Array | None = None) -> Array:
     """Decoder logits [batch, target, vocab] (float32) given `encode`'s output [batch, source, embed].
 
     Masks come from the tokens: padding (id 0) in `encoder_input_tokens` and `decoder_target_tokens` is masked,
-    and the prompt positions (source length minus token length, at the front) are always visible.
-    With `decode=True` the decoder runs one position per call over its 'cache' collection.
+    and the prompt positions (source length minus token length, at the front) are visible where `prompt_mask`
+    [batch, prompt_length] is True (default: all). With `decode=True` the decoder runs one position per call
+    over its 'cache' collection.
     """
     del decoder_positions
     batch, source = encoded.shape[:2]
     prompt_length = source - encoder_input_tokens.shape[1]
-    key_valid = jnp.concatenate([jnp.ones((batch, prompt_length), bool), encoder_input_tokens > 0], axis=1)
+    key_valid = jnp.concatenate([prompt_valid(prompt_length, batch, prompt_mask), encoder_input_tokens > 0],
+                                axis=1)
     if decode:
       self_mask = None
       query_valid = jnp.ones(decoder_input_tokens.shape, bool)
@@ -202,10 +230,15 @@ class Transformer(nn.Module):
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
                encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
                encoder_positions: Array | None = None, decoder_positions: Array | None = None, *,
-               enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
-    """Teacher-forced logits [batch, target, vocab] for inputs [batch, source] and shifted targets [batch, target]."""
+               enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None,
+               prompt: Array | None = None, prompt_mask: Array | None = None) -> Array:
+    """Teacher-forced logits [batch, target, vocab] for inputs [batch, source] and shifted targets [batch, target].
+
+    `prompt` [batch, P, embed] and `prompt_mask` [batch, P]: per-example prompt rows (see `Encoder`).
+    """
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                          enable_dropout=enable_dropout)
+                          enable_dropout=enable_dropout, prompt=prompt, prompt_mask=prompt_mask)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                       enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length)
+                       enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length,
+                       prompt_mask=prompt_mask)

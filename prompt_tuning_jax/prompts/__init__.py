@@ -9,9 +9,9 @@ from prompt_tuning_jax.prompts.initializers import (
     init_missing_params,
     uniform,
 )
-from prompt_tuning_jax.prompts.prompt import PrefixPrompt, Prompt, prefix_prompt
+from prompt_tuning_jax.prompts.prompt import PrefixPrompt, Prompt, prefix_prompt, prefix_prompt_factory
 
 __all__ = [
-    "PrefixPrompt", "Prompt", "prefix_prompt", "flax_uniform", "from_class_labels", "from_file", "from_sampled_vocab", "from_text",
-    "init_missing_params", "uniform",
+    "PrefixPrompt", "Prompt", "prefix_prompt", "prefix_prompt_factory", "flax_uniform", "from_class_labels",
+    "from_file", "from_sampled_vocab", "from_text", "init_missing_params", "uniform",
 ]

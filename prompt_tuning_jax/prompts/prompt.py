@@ -7,6 +7,7 @@ encoder's `prompt` submodule, `Prompt` its `prompt` child, `prompt` the paramete
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -55,3 +56,17 @@ class PrefixPrompt(nn.Module):
     """[batch, length, embed] -> [batch, prompt_length + length, embed]."""
     prompt = Prompt(self.length, self.init, name="prompt")(embedding)
     return self.combine(prompt, embedded_inputs)
+
+
+def prefix_prompt_factory(length: int, init: PromptInit = initializers.uniform(),
+                          combine: Callable[[Array, Array], Array] = prefix_prompt) -> Callable[..., PrefixPrompt]:
+  """The Transformer's `prompt_factory`: `PrefixPrompt` with its settings bound now, as plain values.
+
+  gin binds `t5.Transformer.prompt_factory = @prompts.prefix_prompt_factory()`: the call runs while gin parses,
+  so the model holds a `functools.partial` of the plain class and applies the same after `gin.clear_config()`.
+  (Binding `@prompts.PrefixPrompt` itself would hand the model gin's wrapper, which reads `length` from gin's
+  config whenever flax constructs the module, i.e. at every `init`/`apply`.)
+  """
+  if length <= 0:
+    raise ValueError(f"prompt length must be positive, got {length}; set PROMPT_LENGTH")
+  return functools.partial(PrefixPrompt, length=length, init=init, combine=combine)

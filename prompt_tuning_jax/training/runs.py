@@ -223,7 +223,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           initialize_regex: str | None = None, loss_config: losses.LossConfig = losses.LossConfig(),
           train_split: str = "train", seed: int = 0, save_period: int = 1000, keep_checkpoints: int | None = None,
           eval_period: int = 1000, eval_split: str | None = "validation", eval_num_examples: int | None = None,
-          decode_metrics: bool = True, best_metric: str | None = "validation/loss", best_mode: str = "min",
+          decode_metrics: bool = True, decoding: evaluation.DecodingConfig = evaluation.DecodingConfig(),
+          rank_classification: bool = False, best_metric: str | None = "validation/loss", best_mode: str = "min",
           export_peft: bool = False, num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
           logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
           log_period: int = 10, async_checkpointing: bool = False, optimizer_step_from_checkpoint: bool = True,
@@ -253,6 +254,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
     eval_split: the held-out split, or None for no evaluation.
     eval_num_examples: evaluate on the split's first examples only (None: all).
     decode_metrics: also decode the eval split and compute the task's metrics.
+    decoding: how evaluation decodes (`evaluation.DecodingConfig`: greedy, or t5x's 1-beam search, alpha 0.6).
+    rank_classification: also report 'rank_classification/<task>/<metric>' (class labels scored by likelihood).
     best_metric: the checkpoint metric kept at its best, e.g. 'validation/loss' or
       'validation/<task>/accuracy'.
     best_mode: 'min' or 'max'.
@@ -370,7 +373,8 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
     evaluate = evaluation.make_evaluate(
         model=model, loss_config=loss_config, mesh=mesh, global_batch_size=batch_size,
         mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths, split=eval_split,
-        num_examples=eval_num_examples, decode_metrics=decode_metrics)
+        num_examples=eval_num_examples, decode_metrics=decode_metrics, decoding_config=decoding,
+        rank_classification=rank_classification)
   peft = None
   if export_peft:
     peft = {"num_layers": model.config.num_encoder_layers, "num_attention_heads": model.config.num_heads,
@@ -464,6 +468,7 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
              mixture_or_task_module: str | None = None, initial_checkpoint_path: str | None = None,
              initialize_regex: str | None = None, loss_config: losses.LossConfig = losses.LossConfig(),
              split: str = "validation", num_examples: int | None = None, decode_metrics: bool = True,
+             decoding: evaluation.DecodingConfig = evaluation.DecodingConfig(), rank_classification: bool = False,
              num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
              logical_axis_rules: partitioning.LogicalRules | None = None, seed: int = 0) -> dict[str, float]:
   """Evaluates a trained prompt (or model) on a split; writes EVAL_OUTPUT_DIR/eval_metrics.jsonl, TensorBoard
@@ -482,6 +487,9 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
     split: the split to evaluate.
     num_examples: only the split's first examples (None: all).
     decode_metrics: also decode and compute the task's metrics.
+    decoding: DECODE_METHOD etc. (`evaluation.DecodingConfig`): greedy, or t5x's 1-beam search with alpha 0.6.
+    rank_classification: RANK_CLASSIFICATION: also report 'rank_classification/<task>/<metric>', each task's
+      class labels scored by log-likelihood.
     num_partitions, mesh_shape, logical_axis_rules: the mesh, as in `train`.
     seed: seed of the initializers of parameters not read from a checkpoint.
 
@@ -508,7 +516,8 @@ def evaluate(*, model: nn.Module, output_dir: str, mixture_or_task_name: str,
   evaluate_fn = evaluation.make_evaluate(model=model, loss_config=loss_config, mesh=mesh,
                                          global_batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
                                          task_feature_lengths=task_feature_lengths, split=split,
-                                         num_examples=num_examples, decode_metrics=decode_metrics)
+                                         num_examples=num_examples, decode_metrics=decode_metrics,
+                                         decoding_config=decoding, rank_classification=rank_classification)
   with partitioning.mesh_context(mesh, rules):
     # Places the trained arrays from CHECKPOINT_PATH; the initial ones are already on the mesh.
     params = partitioning.put_global(params, partitioning.logical_shardings(param_axes, mesh, rules))
