@@ -84,7 +84,7 @@ def test_eval_cli_reports_rank_classification_beside_beam_decoded_metrics(capsys
   ranked = metrics["rank_classification/synthetic_majority/sequence_accuracy"]
   assert ranked >= 90 and decoded >= 90, metrics  # percent; the pretrained model knows this task
   assert "rank_classification/synthetic_majority/accuracy_red" in metrics
-  written = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))][-1]
+  written = [json.loads(line) for line in open(os.path.join(tmp_path, "eval_metrics.jsonl"))][-1]
   assert written["rank_classification/synthetic_majority/sequence_accuracy"] == pytest.approx(ranked)
   config = open(os.path.join(tmp_path, "eval_config.gin")).read()
   assert "DECODE_METHOD = 'beam'" in config and "RANK_CLASSIFICATION = True" in config

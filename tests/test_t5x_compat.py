@@ -130,7 +130,7 @@ def test_t5x_eval_of_the_trained_prompt_gives_our_eval_metrics(t5x_run, tmp_path
                    PROMPT_FILE=f"'{_t5x_numpy_prompt(t5x_run, step)}'"),
       f"--gin.runs.evaluate.num_examples={EVAL_EXAMPLES}"])
   (theirs,) = h.read_jsonl(tmp_path / "t5x_eval" / "inference_eval" / f"{h.TASK}-metrics.jsonl")
-  (ours,) = h.read_jsonl(tmp_path / "our_eval" / "metrics.jsonl")
+  (ours,) = h.read_jsonl(tmp_path / "our_eval" / "eval_metrics.jsonl")
   for metric in ("sequence_accuracy", "token_accuracy"):
     assert ours[f"{h.TASK}/{metric}"] == pytest.approx(theirs[metric], abs=1e-9)
 
