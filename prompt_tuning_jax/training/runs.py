@@ -199,7 +199,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           decode_metrics: bool = True, best_metric: str | None = "validation/loss", best_mode: str = "min",
           export_peft: bool = False, num_partitions: int = 1, mesh_shape: Sequence[int] | None = None,
           logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
-          log_period: int = 10, async_checkpointing: bool = True) -> trainer.TrainState:
+          log_period: int = 10, async_checkpointing: bool = True,
+          frozen_param_dtype: str | None = None) -> trainer.TrainState:
   """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
 
   Args:
@@ -234,6 +235,9 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
     max_encoder_length: MAX_ENCODER_LENGTH, the most encoder positions (prompt + inputs) allowed, or None.
     log_period: steps between train-metric reports.
     async_checkpointing: write checkpoints in the background.
+    frozen_param_dtype: FROZEN_PARAM_DTYPE: 'bfloat16' keeps the frozen model in bfloat16 on the devices (half
+      the memory and bandwidth; use it with bfloat16 activations on GPUs and TPUs); the trainable parameters and
+      their optimizer state stay float32. None keeps float32.
 
   Returns:
     The final train state.
@@ -259,6 +263,7 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   input_pipeline.check_not_empty(train_data, host_batch_size, description)
   params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed, mesh=mesh,
                           rules=rules)
+  params = train_state.cast_frozen(params, trainable_regex, frozen_param_dtype)
   train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
                                                                   description)
   evaluate = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
 PyTree = Any
@@ -46,6 +47,38 @@ def merge_params(trainable: PyTree, frozen: PyTree) -> PyTree:
   flat = traverse_util.flatten_dict(frozen)
   flat.update(traverse_util.flatten_dict(trainable))
   return traverse_util.unflatten_dict(flat)
+
+
+def cast_frozen(params: PyTree, trainable_regex: str, frozen_dtype: Any | None) -> PyTree:
+  """Stores the frozen parameters in `frozen_dtype` (e.g. bfloat16: half the memory); trainable ones in float32.
+
+  Array by array, each float32 original deleted once cast, so the peak is the float32 tree plus one array.
+  The model casts kernels to its activation dtype where it uses them, so bfloat16 weights with bfloat16
+  activations do exactly what float32 weights rounded to bfloat16 would.
+
+  Args:
+    params: the complete parameter tree (jax arrays, possibly sharded; they are consumed) or numpy arrays.
+    trainable_regex: PROMPT_REGEX; matching parameters (and so their optimizer state) stay float32.
+    frozen_dtype: dtype of the frozen parameters, or None to leave the tree as it is.
+  """
+  if frozen_dtype is None:
+    return params
+  frozen_dtype = jnp.dtype(frozen_dtype)
+  if not jnp.issubdtype(frozen_dtype, jnp.floating):
+    raise ValueError(f"frozen parameter dtype {frozen_dtype} is not floating point; use 'bfloat16' or 'float32'")
+  pattern = re.compile(trainable_regex)
+
+  def cast(path, value):
+    dtype = jnp.float32 if pattern.fullmatch("/".join(path)) else frozen_dtype
+    if value.dtype == dtype:
+      return value
+    cast_value = value.astype(dtype)
+    if isinstance(value, jax.Array):
+      value.delete()
+    return cast_value
+
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: cast(path, value) for path, value in flat.items()})
 
 
 @flax.struct.dataclass
