@@ -160,3 +160,31 @@ def test_bfloat16_frozen_weights_halve_the_step_argument_memory():
 def test_cast_frozen_refuses_an_integer_dtype():
   with pytest.raises(ValueError, match="not floating point"):
     train_state.cast_frozen({"a": np.zeros(2, np.float32)}, PROMPT_REGEX, "int8")
+
+
+def test_integer_label_loss_equals_the_one_hot_formula_and_its_gradient():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(2, 5, 50) * 3, jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 50, (2, 5)), jnp.int32)
+
+  def integer(logits):
+    return jnp.sum(losses.cross_entropy_with_integer_labels(logits, targets, 1e-4)[0])
+
+  def one_hot(logits):
+    return jnp.sum(losses.cross_entropy_with_logits(logits, jax.nn.one_hot(targets, 50), 1e-4)[0])
+
+  _close(jax.value_and_grad(integer)(logits), jax.value_and_grad(one_hot)(logits), rtol=1e-6, atol=1e-6)
+
+
+def test_logits_and_loss_keep_one_vocabulary_sized_buffer():
+  """The logits' matmul and the loss, forward and backward (gradient w.r.t. the decoder output, as in prompt
+  tuning): XLA keeps one [tokens, vocab] float32 buffer (the logits, overwritten by their gradient) and a
+  transposed copy of the kernel; no one-hot, softmax or log-softmax copy of the logits."""
+  rng = np.random.RandomState(0)
+  tokens, embed, vocab = 64, 64, 8192
+  hidden = jax.ShapeDtypeStruct((4, tokens // 4, embed), jnp.float32)
+  kernel = jnp.asarray(rng.randn(embed, vocab), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, vocab, (4, tokens // 4)), jnp.int32)
+  f = lambda h: losses.compute_weighted_cross_entropy(h @ kernel, targets, None, losses.LossConfig())[0]
+  temp = jax.jit(jax.grad(f)).lower(hidden).compile().memory_analysis().temp_size_in_bytes
+  assert temp <= tokens * vocab * 4 + embed * vocab * 4 + 4096, temp
