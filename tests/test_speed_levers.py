@@ -157,6 +157,14 @@ def test_bfloat16_frozen_weights_halve_the_step_argument_memory():
   assert bf16 < 0.52 * f32, (bf16, f32)
 
 
+def test_cast_frozen_works_inside_jit():
+  params = {"encoder": {"prompt": {"prompt": {"prompt": jnp.ones((2, 3))}}}, "token_embedder": {"embedding": jnp.ones(4)}}
+  cast = jax.jit(lambda p: train_state.cast_frozen(p, PROMPT_REGEX, "bfloat16"))(params)
+  assert cast["token_embedder"]["embedding"].dtype == jnp.bfloat16
+  assert cast["encoder"]["prompt"]["prompt"]["prompt"].dtype == jnp.float32
+  assert not params["token_embedder"]["embedding"].is_deleted()
+
+
 def test_cast_frozen_refuses_an_integer_dtype():
   with pytest.raises(ValueError, match="not floating point"):
     train_state.cast_frozen({"a": np.zeros(2, np.float32)}, PROMPT_REGEX, "int8")

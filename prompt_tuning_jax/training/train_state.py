@@ -57,7 +57,8 @@ def cast_frozen(params: PyTree, trainable_regex: str, frozen_dtype: Any | None) 
   activations do exactly what float32 weights rounded to bfloat16 would.
 
   Args:
-    params: the complete parameter tree (jax arrays, possibly sharded; they are consumed) or numpy arrays.
+    params: the complete parameter tree: jax arrays (possibly sharded; they are consumed), numpy arrays, or
+      tracers (inside jit, e.g. an init function that builds the model straight in bfloat16).
     trainable_regex: PROMPT_REGEX; matching parameters (and so their optimizer state) stay float32.
     frozen_dtype: dtype of the frozen parameters, or None to leave the tree as it is.
   """
@@ -73,7 +74,7 @@ def cast_frozen(params: PyTree, trainable_regex: str, frozen_dtype: Any | None) 
     if value.dtype == dtype:
       return value
     cast_value = value.astype(dtype)
-    if isinstance(value, jax.Array):
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):  # under jit nothing to free
       value.delete()
     return cast_value
 
