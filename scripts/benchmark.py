@@ -92,6 +92,7 @@ def matmul_ceiling(dtype: str) -> dict:
 
 
 def run_ours(args) -> dict:
+  import contextlib
   import functools
   import time
 
@@ -134,11 +135,12 @@ def run_ours(args) -> dict:
     state, metrics = compiled(state, frozen, batch)
   jax.block_until_ready(metrics)
   times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, frozen, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
+  with jax.profiler.trace(args.profile_dir) if args.profile_dir else contextlib.nullcontext():
+    for _ in range(args.steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, frozen, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   peak = (stats or {}).get("peak_bytes_in_use")
@@ -287,6 +289,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each implementation")
   parser.add_argument("--json_out", default=None, help="also write the results here")
+  parser.add_argument("--profile_dir", default=None,
+                      help="write a jax.profiler trace of our timed steps here (TensorBoard / Perfetto)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.remat:
