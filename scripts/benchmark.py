@@ -144,7 +144,7 @@ def run_ours(args) -> dict:
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   peak = (stats or {}).get("peak_bytes_in_use")
-  return dict(impl="ours", step_s=_median_and_spread(times)[0], compile_s=compile_s,
+  return dict(impl=args._side or "ours", step_s=_median_and_spread(times)[0], compile_s=compile_s,
               loss=float(metrics["loss"]) / float(metrics["weight_sum"]),
               peak_gib=None if peak is None else peak / 2**30,
               xla_peak_gib=step_analysis.memory(compiled)["peak"] / 2**30, device=str(device.device_kind),
@@ -218,7 +218,11 @@ def run_peft(args, mode: str) -> dict:
 def _subprocess(args, side: str) -> dict:
   command = [sys.executable, os.path.abspath(__file__), f"--_side={side}",
              *[a for a in sys.argv[1:] if not a.startswith("--_side")]]
-  out = subprocess.run(command, capture_output=True, text=True)
+  env = dict(os.environ)
+  flags = dict(args.ours_variant).get(side.removeprefix("ours-")) if side.startswith("ours-") else None
+  if flags:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+  out = subprocess.run(command, capture_output=True, text=True, env=env)
   lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if out.returncode != 0 or not lines:
     return dict(impl=side, error=(out.stderr or out.stdout).strip().splitlines()[-1:])
@@ -256,7 +260,7 @@ def summarize(runs: list[dict], tokens: int, flops: float) -> list[dict]:
 
 def _print_table(rows: list[dict]) -> None:
   print(f"{'impl':12s} {'step ms':>9s} {'spread ms':>15s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} "
-        f"{'peak GiB':>9s} {'compile s':>9s} {'PEFT/ours':>9s}")
+        f"{'peak GiB':>9s} {'compile s':>9s} {'x/ours':>9s}")
   for r in rows:
     if "error" in r:
       print(f"{r['impl']:12s} failed: {r['error']}")
@@ -267,6 +271,13 @@ def _print_table(rows: list[dict]) -> None:
     spread = f"{1e3 * r['step_min_s']:.1f}-{1e3 * r['step_max_s']:.1f}"
     print(f"{r['impl']:12s} {1e3 * r['step_s']:9.1f} {spread:>15s} {r['tokens_per_s']:10.0f} {r['tflops']:8.3f} "
           f"{100 * r['mfu']:5.1f}% {peak:>9s} {r['compile_s']:9.1f} {r['peft_over_ours']:8.2f}x")
+
+
+def _variant(text: str) -> tuple[str, str]:
+  name, sep, flags = text.partition("=")
+  if not sep or not name or not flags.startswith("--"):
+    raise argparse.ArgumentTypeError(f"{text!r} is not NAME=XLA_FLAGS, e.g. 'onednn=--xla_cpu_use_onednn=true'")
+  return name, flags
 
 
 def main() -> None:
@@ -289,6 +300,9 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each implementation")
   parser.add_argument("--json_out", default=None, help="also write the results here")
+  parser.add_argument("--ours_variant", action="append", default=[], type=_variant, metavar="NAME=XLA_FLAGS",
+                      help="also time our step with these extra XLA_FLAGS, as row ours-NAME (repeatable), e.g. "
+                           "--ours_variant='onednn=--xla_cpu_use_onednn=true'")
   parser.add_argument("--profile_dir", default=None,
                       help="write a jax.profiler trace of our timed steps here (TensorBoard / Perfetto)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
@@ -298,7 +312,7 @@ def main() -> None:
   for name in ("batch", "steps", "repeats", "inputs", "targets", "prompt_length"):
     if getattr(args, name) <= 0:
       parser.error(f"--{name} must be positive")
-  if args._side == "ours":
+  if args._side and args._side.startswith("ours"):
     print(json.dumps(run_ours(args)))
     return
   if args._side:
@@ -307,7 +321,8 @@ def main() -> None:
 
   tokens = args.batch * (args.inputs + args.prompt_length + args.targets)
   flops = 2 * forward_flops(SIZES[args.size], args.batch, args.inputs + args.prompt_length, args.targets)
-  sides = ["ours"] + [f"peft-{m}" for m in args.peft_modes.split(",") if m]
+  sides = (["ours"] + [f"ours-{name}" for name, _ in args.ours_variant]
+           + [f"peft-{m}" for m in args.peft_modes.split(",") if m])
   load_before = load_average()
   runs = []
   for repeat in range(args.repeats):
@@ -327,10 +342,16 @@ def main() -> None:
     c = ours["ceiling"]
     print(f"matmul ceiling ({c['n']}^3 {c['dtype']}, this run): {c['tflops']:.3f} TFLOP/s; "
           f"model FLOPs per step (2 x forward): {flops / 1e12:.4f} TFLOP")
+  for name, flags in args.ours_variant:
+    print(f"ours-{name}: our step with XLA_FLAGS {flags}")
   for r in rows:
     if r.get("versions"):
       print(f"{r['impl']}: {r['versions']}")
   _print_table(rows)
+  good = [r for r in rows if "error" not in r]
+  for peft_row in (r for r in good if r["impl"].startswith("peft")):
+    ratios = ", ".join(f"{r['impl']} {peft_row['step_s'] / r['step_s']:.2f}x" for r in good if r["impl"].startswith("ours"))
+    print(f"faster than {peft_row['impl']} (its median step / ours): {ratios}")
   busy = max(load_before, load_after)
   final = busy <= 1.0
   print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, {os.cpu_count()} cores")

@@ -166,8 +166,42 @@ def test_cast_frozen_works_inside_jit():
 
 
 def test_cast_frozen_refuses_an_integer_dtype():
-  with pytest.raises(ValueError, match="not floating point"):
-    train_state.cast_frozen({"a": np.zeros(2, np.float32)}, PROMPT_REGEX, "int8")
+  for bad in ("int8", "bfloat17"):
+    with pytest.raises(ValueError, match="FROZEN_PARAM_DTYPE .* is not a floating-point dtype"):
+      train_state.cast_frozen({"a": np.zeros(2, np.float32)}, PROMPT_REGEX, bad)
+
+
+@pytest.mark.slow
+def test_train_cli_with_bfloat16_frozen_weights_trains_a_float32_prompt(tmp_path):
+  import gin
+  from test_cli_train import _flags
+
+  from prompt_tuning_jax import train
+
+  gin.clear_config()
+  try:
+    train.main(_flags(tmp_path, FROZEN_PARAM_DTYPE="'bfloat16'", TRAIN_STEPS="2", EVAL_PERIOD="0"))
+  finally:
+    gin.clear_config()
+  prompt = np.load(tmp_path / "numpy_checkpoints" / "checkpoint_2" / "encoder.prompt.prompt.prompt")
+  assert prompt.dtype == np.float32 and np.all(np.isfinite(prompt))
+
+
+def test_train_cli_refuses_a_non_float_frozen_dtype_before_writing(tmp_path, capsys):
+  import gin
+  from test_cli_train import _flags
+
+  from prompt_tuning_jax import train
+
+  gin.clear_config()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      train.main(_flags(tmp_path / "run", FROZEN_PARAM_DTYPE="'int8'"))
+  finally:
+    gin.clear_config()
+  assert exit_info.value.code == 1
+  assert "FROZEN_PARAM_DTYPE 'int8' is not a floating-point dtype" in capsys.readouterr().err
+  assert not os.listdir(tmp_path / "run")
 
 
 def test_integer_label_loss_equals_the_one_hot_formula_and_its_gradient():

@@ -251,6 +251,7 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   expected, param_axes = abstract_params(model, task_feature_lengths)
   _check_regex(trainable_regex, "PROMPT_REGEX (trainable_regex)")
   _check_regex(initialize_regex, "initialize_regex")
+  train_state.frozen_dtype_or_none(frozen_param_dtype)
   train_state.split_params(expected, trainable_regex)  # fails now, not after loading, if nothing would train
   _check_lengths(model, expected, task_feature_lengths, provider.output_features["targets"].vocabulary,
                  max_encoder_length, mixture_or_task_name)

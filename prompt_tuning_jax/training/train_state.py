@@ -49,6 +49,20 @@ def merge_params(trainable: PyTree, frozen: PyTree) -> PyTree:
   return traverse_util.unflatten_dict(flat)
 
 
+def frozen_dtype_or_none(frozen_dtype: Any | None) -> Any | None:
+  """FROZEN_PARAM_DTYPE as a floating-point numpy dtype (None stays None); a clear error for anything else."""
+  if frozen_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(frozen_dtype)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"FROZEN_PARAM_DTYPE {frozen_dtype!r} is not a floating-point dtype; use 'bfloat16', "
+                     "'float32' or None")
+  return dtype
+
+
 def cast_frozen(params: PyTree, trainable_regex: str, frozen_dtype: Any | None) -> PyTree:
   """Stores the frozen parameters in `frozen_dtype` (e.g. bfloat16: half the memory); trainable ones in float32.
 
@@ -62,11 +76,9 @@ def cast_frozen(params: PyTree, trainable_regex: str, frozen_dtype: Any | None) 
     trainable_regex: PROMPT_REGEX; matching parameters (and so their optimizer state) stay float32.
     frozen_dtype: dtype of the frozen parameters, or None to leave the tree as it is.
   """
+  frozen_dtype = frozen_dtype_or_none(frozen_dtype)
   if frozen_dtype is None:
     return params
-  frozen_dtype = jnp.dtype(frozen_dtype)
-  if not jnp.issubdtype(frozen_dtype, jnp.floating):
-    raise ValueError(f"frozen parameter dtype {frozen_dtype} is not floating point; use 'bfloat16' or 'float32'")
   pattern = re.compile(trainable_regex)
 
   def cast(path, value):
