@@ -2,15 +2,25 @@ r"""Prompt-tuning train-step throughput: this package's real train step beside P
 
   .venv/bin/python scripts/benchmark.py                       # CPU: cpu_small, float32, PEFT eager and compiled
   .venv/bin/python scripts/benchmark.py --decode_speed --targets=64   # decoding tokens/s, KV cache vs none
-  python scripts/benchmark.py --size=base --batch=32 --dtype=bfloat16 --peft_modes=bf16,bf16c   # one GPU
+  python scripts/benchmark.py --size=base --batch=32 --inputs=412 --prompt_length=100 --targets=128 \
+      --dtype=bfloat16 --peft_modes=bf16,bf16c                 # one GPU (xl: --batch=16; xxl: --remat_policy=full)
 
 Both sides do the same work: T5 1.1 with random weights, a [prompt_length, embed] prompt in front of the encoder
 input, teacher-forced loss, the gradient w.r.t. the prompt only and an optimizer update of the prompt. Ours is
 `training.steps.make_train_step` (the function the trainer jits) with Adafactor; PEFT's is
 `get_peft_model(T5ForConditionalGeneration, PromptTuningConfig)` with AdamW. Each side runs in its own subprocess
-(PEFT modes: eager, `torch.compile`), warms up, then times `--steps` steps. Printed: tokens/s (encoder tokens incl.
-the prompt, plus target tokens), model TFLOP/s (2 x forward FLOPs: the backward pass computes activation
-gradients only), peak device memory where the backend reports it, and ours / each PEFT mode.
+(PEFT modes: eager, `torch.compile`), warms up, then times `--steps` steps one by one; the sides alternate
+(ours, PEFT modes, ours, ...) `--repeats` times, and each implementation's median step time over its repeats is
+reported with the spread (min-max of the repeats' medians).
+
+Printed per implementation: median step time, tokens/s (encoder tokens incl. the prompt, plus target tokens,
+padding-free), model TFLOP/s = 2 x forward FLOPs / step time (`forward_flops`: the matmuls of the forward pass,
+the same count as shared/bench/peft_gpu_shapes.fwd_flops; x2 because the backward pass computes activation
+gradients only, no weight gradients), MFU = model TFLOP/s / a matmul ceiling measured in the same run (an
+8192^3 bf16 matmul on GPU; on CPU a 2048^3 matmul in the run's dtype), peak device memory where the backend
+reports it (and for ours XLA's own estimate of the step's peak), compile time, and PEFT's step time / ours.
+The load average is printed before and after; above 1 (other processes compete for the cores) the ratios are
+marked NOT final, since contention slows the two sides differently.
 """
 
 from __future__ import annotations
@@ -33,7 +43,12 @@ VOCAB = 32128
 
 
 def forward_flops(size: dict, batch: int, source: int, target: int, vocab: int = VOCAB) -> float:
-  """Matmul FLOPs of one forward pass (source includes the prompt)."""
+  """Matmul FLOPs of one forward pass (source includes the prompt); shared/bench/peft_gpu_shapes.fwd_flops's count.
+
+  Per layer and token: 2 x (q, k, v, out projections + the three MLP matmuls); decoder layers add the
+  cross-attention query and output projections; cross-attention keys and values are per source token; attention
+  scores and the weighted sum are 2 x 2 x q x k x heads x kv; the logits 2 x target x embed x vocab.
+  """
   d, f, layers, inner = size["emb_dim"], size["mlp_dim"], size["num_layers"], size["num_heads"] * size["head_dim"]
   projections = 4 * d * inner  # q, k, v, out
   mlp = 3 * d * f  # wi_0, wi_1, wo
@@ -44,7 +59,41 @@ def forward_flops(size: dict, batch: int, source: int, target: int, vocab: int =
   return encoder + decoder + 2 * batch * target * d * vocab
 
 
+def _median_and_spread(values: list[float]) -> tuple[float, float, float]:
+  ordered = sorted(values)
+  mid = len(ordered) // 2
+  median = ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+  return median, ordered[0], ordered[-1]
+
+
+def load_average() -> float:
+  """The 1-minute load average (processes running or waiting for a core)."""
+  return os.getloadavg()[0]
+
+
+def matmul_ceiling(dtype: str) -> dict:
+  """TFLOP/s of a large square matmul in jax on the default device: the ceiling MFU is measured against."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  on_cpu = jax.default_backend() == "cpu"
+  n = 2048 if on_cpu else 8192
+  dtype = dtype if on_cpu else "bfloat16"
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return dict(n=n, dtype=dtype, tflops=2 * n**3 / min(times) / 1e12)
+
+
 def run_ours(args) -> dict:
+  import contextlib
   import functools
   import time
 
@@ -55,12 +104,12 @@ def run_ours(args) -> dict:
 
   from prompt_tuning_jax import prompts
   from prompt_tuning_jax.model import T5Config, Transformer
-  from prompt_tuning_jax.training import losses, optimizers, steps, train_state
+  from prompt_tuning_jax.training import losses, optimizers, step_analysis, steps, train_state
 
   s = SIZES[args.size]
   config = T5Config(vocab_size=VOCAB, emb_dim=s["emb_dim"], num_heads=s["num_heads"], head_dim=s["head_dim"],
                     mlp_dim=s["mlp_dim"], num_encoder_layers=s["num_layers"], num_decoder_layers=s["num_layers"],
-                    dtype=args.dtype, remat_policy="full" if args.remat else "none")
+                    dtype=args.dtype, remat_policy=args.remat_policy, attention_impl=args.attention_impl)
   model = Transformer(config, prompt_factory=functools.partial(prompts.PrefixPrompt, length=args.prompt_length))
   rng = np.random.RandomState(0)
   batch = {
@@ -68,37 +117,47 @@ def run_ours(args) -> dict:
       "decoder_target_tokens": jnp.asarray(rng.randint(2, 32000, (args.batch, args.targets)), jnp.int32),
   }
   batch["decoder_input_tokens"] = jnp.pad(batch["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
-  batch["decoder_loss_weights"] = jnp.ones_like(batch["decoder_target_tokens"])
-  init = jax.jit(functools.partial(model.init, enable_dropout=False))
-  params = nn.meta.unbox(init(jax.random.PRNGKey(0), batch["encoder_input_tokens"][:1],
-                              batch["decoder_input_tokens"][:1], batch["decoder_target_tokens"][:1])["params"])
-  if args.dtype == "bfloat16":  # frozen weights stored in bf16, as PEFT's bf16 mode holds them
-    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-  trainable, frozen = train_state.split_params(params, ".*/prompt/.*")
-  trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
-  optimizer = optimizers.adafactor()
+  batch["decoder_loss_weights"] = jnp.ones(batch["decoder_target_tokens"].shape, jnp.float32)
+  regex = ".*/prompt/.*"
+  frozen_dtype = args.frozen_dtype or args.dtype
+  # Built straight in the frozen dtype (as FROZEN_PARAM_DTYPE stores it), the prompt in float32.
+  init = jax.jit(lambda rng: train_state.cast_frozen(nn.meta.unbox(model.init(
+      rng, batch["encoder_input_tokens"][:1], batch["decoder_input_tokens"][:1], batch["decoder_target_tokens"][:1],
+      enable_dropout=False)["params"]), regex, frozen_dtype))
+  trainable, frozen = train_state.split_params(init(jax.random.PRNGKey(0)), regex)
+  optimizer = optimizers.trainable_only(optimizers.adafactor(), regex)  # as the trainer wraps it
   state = train_state.TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                                  opt_state=optimizer.init(trainable))
   step = jax.jit(steps.make_train_step(model, optimizer, losses.LossConfig(), dropout_seed=0), donate_argnums=(0,))
-  for _ in range(args.warmup):
-    state, metrics = step(state, frozen, batch)
-  jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for _ in range(args.steps):
-    state, metrics = step(state, frozen, batch)
+  compiled = step.lower(state, frozen, batch).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, frozen, batch)
   jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / args.steps
+  times = []
+  with jax.profiler.trace(args.profile_dir) if args.profile_dir else contextlib.nullcontext():
+    for _ in range(args.steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, frozen, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   peak = (stats or {}).get("peak_bytes_in_use")
-  return dict(impl="ours", step_s=seconds, loss=float(metrics["loss"]) / float(metrics["weight_sum"]),
-              peak_gib=None if peak is None else peak / 2**30, device=str(device.device_kind))
+  return dict(impl=args._side or "ours", step_s=_median_and_spread(times)[0], compile_s=compile_s,
+              loss=float(metrics["loss"]) / float(metrics["weight_sum"]),
+              peak_gib=None if peak is None else peak / 2**30,
+              xla_peak_gib=step_analysis.memory(compiled)["peak"] / 2**30, device=str(device.device_kind),
+              ceiling=matmul_ceiling(args.dtype), versions=f"jax {jax.__version__}")
 
 
 def run_peft(args, mode: str) -> dict:
   import time
 
+  import peft
   import torch
+  import transformers
   from peft import PromptTuningConfig, get_peft_model
   from transformers import T5Config, T5ForConditionalGeneration
 
@@ -112,13 +171,16 @@ def run_peft(args, mode: str) -> dict:
                     num_decoder_layers=s["num_layers"], num_heads=s["num_heads"], d_kv=s["head_dim"],
                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
                     decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  model = T5ForConditionalGeneration(config)
-  if mode.startswith("bf16"):
-    model = model.to(torch.bfloat16)
+  # Built on the device in its dtype (bf16: weights stored in bf16, as ours with FROZEN_PARAM_DTYPE).
+  torch.set_default_dtype(torch.bfloat16 if mode.startswith("bf16") else torch.float32)
+  with torch.device(device):
+    model = T5ForConditionalGeneration(config)
+  torch.set_default_dtype(torch.float32)
+  if args.remat_policy != "none":  # PEFT's gradient checkpointing: per-layer recomputation, as ours
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
   model = get_peft_model(model, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=args.prompt_length,
                                                    num_transformer_submodules=1)).to(device)
-  if args.remat:
-    model.base_model.gradient_checkpointing_enable()
   optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.3)
   forward = torch.compile(model) if mode.endswith("c") else model
   ids = torch.randint(2, 32000, (args.batch, args.inputs), device=device)
@@ -133,16 +195,25 @@ def run_peft(args, mode: str) -> dict:
     return loss
 
   sync = torch.cuda.synchronize if cuda else (lambda: None)
-  for _ in range(args.warmup):
+  start = time.perf_counter()
+  step()  # torch.compile compiles here
+  sync()
+  compile_s = time.perf_counter() - start
+  for _ in range(max(args.warmup - 1, 0)):
     step()
   sync()
-  start = time.perf_counter()
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  times = []
   for _ in range(args.steps):
+    start = time.perf_counter()
     loss = step()
-  sync()
-  seconds = (time.perf_counter() - start) / args.steps
+    sync()
+    times.append(time.perf_counter() - start)
   peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-  return dict(impl=f"peft-{mode}", step_s=seconds, loss=float(loss.detach()), peak_gib=peak)
+  return dict(impl=f"peft-{mode}", step_s=_median_and_spread(times)[0], compile_s=compile_s,
+              loss=float(loss.detach()), peak_gib=peak,
+              versions=f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
 
 
 def _inference_config(args):
@@ -270,11 +341,66 @@ def run_decode_speed(args) -> dict:
 def _subprocess(args, side: str) -> dict:
   command = [sys.executable, os.path.abspath(__file__), f"--_side={side}",
              *[a for a in sys.argv[1:] if not a.startswith("--_side")]]
-  out = subprocess.run(command, capture_output=True, text=True)
+  env = dict(os.environ)
+  flags = dict(args.ours_variant).get(side.removeprefix("ours-")) if side.startswith("ours-") else None
+  if flags:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+  out = subprocess.run(command, capture_output=True, text=True, env=env)
   lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if out.returncode != 0 or not lines:
     return dict(impl=side, error=(out.stderr or out.stdout).strip().splitlines()[-1:])
   return json.loads(lines[-1])
+
+
+def summarize(runs: list[dict], tokens: int, flops: float) -> list[dict]:
+  """One row per implementation from its repeats: median step time and spread, tokens/s, TFLOP/s, ratios."""
+  by_impl: dict[str, list[dict]] = {}
+  for r in runs:
+    by_impl.setdefault(r["impl"], []).append(r)
+  rows = []
+  for impl, repeats in by_impl.items():
+    good = [r for r in repeats if "error" not in r]
+    if not good:
+      rows.append(dict(impl=impl, error=repeats[-1]["error"]))
+      continue
+    median, low, high = _median_and_spread([r["step_s"] for r in good])
+    row = dict(impl=impl, repeats=len(good), step_s=median, step_min_s=low, step_max_s=high,
+               tokens_per_s=tokens / median, tflops=flops / median / 1e12,
+               compile_s=_median_and_spread([r["compile_s"] for r in good])[0],
+               peak_gib=good[-1].get("peak_gib"), xla_peak_gib=good[-1].get("xla_peak_gib"),
+               versions=good[-1].get("versions"))
+    if "ceiling" in good[-1]:
+      row["ceiling"] = good[-1]["ceiling"]
+      row["device"] = good[-1]["device"]
+    rows.append(row)
+  ours = next((r for r in rows if r["impl"] == "ours" and "error" not in r), None)
+  for row in rows:
+    if ours is not None and "error" not in row:
+      row["peft_over_ours"] = row["step_s"] / ours["step_s"]
+      row["mfu"] = row["tflops"] / ours["ceiling"]["tflops"]
+  return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+  print(f"{'impl':12s} {'step ms':>9s} {'spread ms':>15s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} "
+        f"{'peak GiB':>9s} {'compile s':>9s} {'x/ours':>9s}")
+  for r in rows:
+    if "error" in r:
+      print(f"{r['impl']:12s} failed: {r['error']}")
+      continue
+    peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
+    if r.get("xla_peak_gib") is not None and r.get("peak_gib") is None:
+      peak = f"~{r['xla_peak_gib']:.2f}"  # XLA's estimate of the step's buffers; the backend reports no peak
+    spread = f"{1e3 * r['step_min_s']:.1f}-{1e3 * r['step_max_s']:.1f}"
+    print(f"{r['impl']:12s} {1e3 * r['step_s']:9.1f} {spread:>15s} {r['tokens_per_s']:10.0f} {r['tflops']:8.3f} "
+          f"{100 * r['mfu']:5.1f}% {peak:>9s} {r['compile_s']:9.1f} {r['peft_over_ours']:8.2f}x")
+
+
+def _variant(text: str) -> tuple[str, str]:
+  name, sep, flags = text.partition("=")
+  if not sep or not name or not flags.startswith("--"):
+    raise argparse.ArgumentTypeError(f"{text!r} is not NAME=XLA_FLAGS, e.g. 'onednn=--xla_cpu_use_onednn=true'")
+  return name, flags
 
 
 def main() -> None:
@@ -284,21 +410,35 @@ def main() -> None:
   parser.add_argument("--inputs", type=int, default=108, help="input tokens per example (the prompt comes on top)")
   parser.add_argument("--targets", type=int, default=32)
   parser.add_argument("--prompt_length", type=int, default=20)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="activations")
+  parser.add_argument("--frozen_dtype", default=None, choices=["float32", "bfloat16"],
+                      help="storage dtype of our frozen weights (default: --dtype)")
   parser.add_argument("--peft_modes", default="fp32,fp32c",
                       help="comma-separated: fp32, bf16 (weights in bf16), and a trailing c for torch.compile")
-  parser.add_argument("--remat", action="store_true", help="per-layer rematerialization on both sides")
+  parser.add_argument("--remat_policy", default="none", choices=["none", "full", "save_dots", "save_dots_no_batch"],
+                      help="our per-layer rematerialization; any but none also turns on PEFT's gradient checkpointing")
+  parser.add_argument("--remat", action="store_true", help="the same as --remat_policy=full")
+  parser.add_argument("--attention_impl", default="einsum", choices=["einsum", "fused"])
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each implementation")
   parser.add_argument("--json_out", default=None, help="also write the results here")
   parser.add_argument("--mixed_prompts", type=int, default=0,
                       help="instead: serving N prompts, one mixed batch vs one task at a time (e.g. 8)")
   parser.add_argument("--decode_speed", action="store_true",
                       help="instead: greedy decoding tokens/s with and without the KV cache (--targets steps)")
+  parser.add_argument("--ours_variant", action="append", default=[], type=_variant, metavar="NAME=XLA_FLAGS",
+                      help="also time our step with these extra XLA_FLAGS, as row ours-NAME (repeatable), e.g. "
+                           "--ours_variant='onednn=--xla_cpu_use_onednn=true'")
+  parser.add_argument("--profile_dir", default=None,
+                      help="write a jax.profiler trace of our timed steps here (TensorBoard / Perfetto)")
   parser.add_argument("--_side", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.batch <= 0 or args.steps <= 0:
-    parser.error("--batch and --steps must be positive")
+  if args.remat:
+    args.remat_policy = "full"
+  for name in ("batch", "steps", "repeats", "inputs", "targets", "prompt_length"):
+    if getattr(args, name) <= 0:
+      parser.error(f"--{name} must be positive")
   if args.decode_speed:
     result = run_decode_speed(args)
     print(f"size {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, greedy "
@@ -323,7 +463,7 @@ def main() -> None:
       with open(args.json_out, "w") as f:
         json.dump(result, f, indent=1)
     return
-  if args._side == "ours":
+  if args._side and args._side.startswith("ours"):
     print(json.dumps(run_ours(args)))
     return
   if args._side:
@@ -332,26 +472,47 @@ def main() -> None:
 
   tokens = args.batch * (args.inputs + args.prompt_length + args.targets)
   flops = 2 * forward_flops(SIZES[args.size], args.batch, args.inputs + args.prompt_length, args.targets)
-  results = [_subprocess(args, "ours")] + [_subprocess(args, f"peft-{m}") for m in args.peft_modes.split(",") if m]
-  ours = results[0]
-  print(f"size {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, "
-        f"{args.targets} targets, {args.dtype}{', remat' if args.remat else ''}; device {ours.get('device', '?')}")
-  print(f"{'impl':14s} {'step ms':>9s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'peak GiB':>9s} {'ours faster':>12s}")
-  for r in results:
-    if "error" in r:
-      print(f"{r['impl']:14s} failed: {r['error']}")
-      continue
-    r["tokens_per_s"] = tokens / r["step_s"]
-    r["tflops"] = flops / r["step_s"] / 1e12
-    ratio = (r["step_s"] / ours["step_s"]) if "step_s" in ours else float("nan")
-    r["ours_speedup"] = ratio
-    peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
-    print(f"{r['impl']:14s} {1e3 * r['step_s']:9.1f} {r['tokens_per_s']:10.0f} {r['tflops']:8.3f} {peak:>9s} "
-          f"{ratio:11.2f}x")
+  sides = (["ours"] + [f"ours-{name}" for name, _ in args.ours_variant]
+           + [f"peft-{m}" for m in args.peft_modes.split(",") if m])
+  load_before = load_average()
+  runs = []
+  for repeat in range(args.repeats):
+    for side in sides:
+      runs.append(_subprocess(args, side))
+      r = runs[-1]
+      status = r["error"] if "error" in r else f"{1e3 * r['step_s']:.1f} ms/step"
+      print(f"repeat {repeat + 1}/{args.repeats} {side}: {status} (load {load_average():.2f})", flush=True)
+  load_after = load_average()
+  rows = summarize(runs, tokens, flops)
+  ours = next((r for r in rows if r["impl"] == "ours" and "error" not in r), {})
+  print(f"\nsize {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, "
+        f"{args.targets} targets, activations {args.dtype}, our frozen weights {args.frozen_dtype or args.dtype}, "
+        f"remat {args.remat_policy}, attention {args.attention_impl}; device {ours.get('device', '?')}; "
+        f"{args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up")
+  if "ceiling" in ours:
+    c = ours["ceiling"]
+    print(f"matmul ceiling ({c['n']}^3 {c['dtype']}, this run): {c['tflops']:.3f} TFLOP/s; "
+          f"model FLOPs per step (2 x forward): {flops / 1e12:.4f} TFLOP")
+  for name, flags in args.ours_variant:
+    print(f"ours-{name}: our step with XLA_FLAGS {flags}")
+  for r in rows:
+    if r.get("versions"):
+      print(f"{r['impl']}: {r['versions']}")
+  _print_table(rows)
+  good = [r for r in rows if "error" not in r]
+  for peft_row in (r for r in good if r["impl"].startswith("peft")):
+    ratios = ", ".join(f"{r['impl']} {peft_row['step_s'] / r['step_s']:.2f}x" for r in good if r["impl"].startswith("ours"))
+    print(f"faster than {peft_row['impl']} (its median step / ours): {ratios}")
+  busy = max(load_before, load_after)
+  final = busy <= 1.0
+  print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, {os.cpu_count()} cores")
+  if not final:
+    print(f"!!! NOT FINAL: load average {busy:.2f} > 1: other work competed for the cores, so these ratios "
+          "do not count; rerun on an idle machine !!!")
   if args.json_out:
     with open(args.json_out, "w") as f:
-      json.dump(dict(args={k: v for k, v in vars(args).items() if not k.startswith("_")}, results=results), f,
-                indent=1)
+      json.dump(dict(args={k: v for k, v in vars(args).items() if not k.startswith("_")}, load_before=load_before,
+                     load_after=load_after, final=final, runs=runs, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

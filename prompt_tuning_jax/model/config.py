@@ -9,7 +9,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+
+# REMAT_POLICY names -> what a rematerialized layer keeps from its forward pass (None: no rematerialization).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # save nothing: recompute the whole layer
+    "save_dots": jax.checkpoint_policies.dots_saveable,  # keep every matmul output, recompute the rest
+    # keep the projections and MLP matmuls, recompute the attention scores (batched dots): t5x's 'minimal'
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ATTENTION_IMPLS = ("einsum", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +40,11 @@ class T5Config:
     relative_attention_num_buckets: buckets of the relative position bias.
     relative_attention_max_distance: distance beyond which all offsets share one bucket.
     layer_norm_epsilon: RMSNorm epsilon.
-    remat_policy: 'none' or 'full' (jax.checkpoint each layer; saves activation memory for a recompute).
+    remat_policy: per-layer rematerialization, a key of REMAT_POLICIES: 'none', 'full' (recompute each layer
+      in the backward pass: least memory), 'save_dots' (keep matmul outputs), 'save_dots_no_batch' (keep the
+      projections, recompute attention scores).
+    attention_impl: 'einsum' (explicit logits and softmax; always used for decoding and attention dropout) or
+      'fused' (`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPUs with bfloat16 activations).
   """
 
   vocab_size: int = 32128
@@ -45,12 +60,15 @@ class T5Config:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   remat_policy: str = "none"
+  attention_impl: str = "einsum"
 
   def __post_init__(self):
     # gin files name dtypes as strings ("bfloat16"); normalize so configs compare equal either way.
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-    if self.remat_policy not in ("none", "full"):
-      raise ValueError(f"remat_policy must be 'none' or 'full', got {self.remat_policy!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
                  "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance"):
       if getattr(self, name) <= 0:

@@ -147,6 +147,10 @@ class MultiHeadAttention(nn.Module):
   in the 'cache' collection (t5x's protocol): the first call (all positions) only sizes the cache, each later call
   processes one new position. With `cache_kv=True` (cross-attention while decoding) the projected keys and values
   of the fixed `inputs_kv` are computed once, on the first call, and read from the cache afterwards.
+
+  `attention_impl='fused'` computes softmax(q k^T + bias, masked) v with `jax.nn.dot_product_attention` (cuDNN's
+  fused kernel on a GPU with bfloat16/float16 activations, XLA's composition elsewhere) whenever no attention
+  dropout is active and no KV cache is used; otherwise, and with 'einsum', the explicit einsums below run.
   """
 
   num_heads: int
@@ -154,6 +158,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   deterministic: bool = True
   dtype: DType = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None,
@@ -209,16 +214,39 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
           bias = lax.dynamic_slice(bias, (0, 0, index, 0), (1, bias.shape[1], 1, max_length))
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, _MASK_BIAS)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    no_dropout = self.deterministic or self.dropout_rate == 0.0
+    if self.attention_impl == "fused" and no_dropout and not decode and not cache_kv:
+      out = fused_attention(query, key, value, bias, mask)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+      if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+      if mask is not None:
+        logits = jnp.where(mask, logits, _MASK_BIAS)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     out = out.reshape(*out.shape[:2], joined)
     return Dense(embed, ("joined_kv", "embed"), dtype=self.dtype, name="out")(out)
+
+
+def fused_attention(query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None) -> Array:
+  """T5 attention by `jax.nn.dot_product_attention`: no 1/sqrt(kv) scaling (scale=1), bias and mask as given.
+
+  Args:
+    query: [batch, q, heads, kv]; key, value: [batch, k, heads, kv], all of one dtype.
+    bias: [1|batch, heads, q, k] (relative positions) or None.
+    mask: [batch, 1|heads, q, k] bool, True where attention is allowed, or None.
+
+  Returns:
+    [batch, q, heads, kv] in the inputs' dtype. cuDNN's kernel runs on a GPU for bfloat16/float16 inputs,
+    XLA's composition (float32 logits and softmax, as the einsum path) everywhere else.
+  """
+  on_gpu = jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+  if bias is not None:
+    bias = bias.astype(query.dtype if on_gpu else jnp.float32)
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0,
+                                      implementation="cudnn" if on_gpu else "xla")
 
 
 def attention_mask(query_valid: Array, key_valid: Array, query_segments: Array | None = None,

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning_jax.model.config import T5Config
+from prompt_tuning_jax.model.config import REMAT_POLICIES, T5Config
 from prompt_tuning_jax.model.layers import (
     Dense,
     Embed,
@@ -49,7 +49,7 @@ class EncoderLayer(nn.Module):
     dropout = lambda y: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=self.deterministic)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_attention_layer_norm")(x)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, self.deterministic, c.dtype,
-                           name="attention")(h, h, mask, bias)
+                           c.attention_impl, name="attention")(h, h, mask, bias)
     x = x + dropout(h)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     h = MlpBlock(c.mlp_dim, c.dropout_rate, self.deterministic, c.dtype, name="mlp")(h)
@@ -71,11 +71,12 @@ class DecoderLayer(nn.Module):
     dropout = lambda z: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(z, deterministic=self.deterministic)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(y)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, self.deterministic, c.dtype,
-                           name="self_attention")(h, h, self_mask, bias, decode=self.decode)
+                           c.attention_impl, name="self_attention")(h, h, self_mask, bias, decode=self.decode)
     y = y + dropout(h)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(y)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, self.deterministic, c.dtype,
-                           name="encoder_decoder_attention")(h, encoded, cross_mask, cache_kv=self.decode)
+                           c.attention_impl, name="encoder_decoder_attention")(h, encoded, cross_mask,
+                                                                               cache_kv=self.decode)
     y = y + dropout(h)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(y)
     h = MlpBlock(c.mlp_dim, c.dropout_rate, self.deterministic, c.dtype, name="mlp")(h)
@@ -94,8 +95,10 @@ def prompt_valid(prompt_length: int, batch: int, prompt_mask: Array | None) -> A
 
 
 def _maybe_remat(layer_cls: type[nn.Module], config: T5Config) -> type[nn.Module]:
-  # Per-layer rematerialization: activations inside a layer are recomputed in the backward pass.
-  return nn.remat(layer_cls) if config.remat_policy == "full" else layer_cls
+  # Per-layer rematerialization: what a layer's backward pass needs is recomputed, except what the policy saves.
+  if config.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[config.remat_policy])
 
 
 class Encoder(nn.Module):

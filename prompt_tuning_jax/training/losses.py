@@ -56,6 +56,27 @@ def cross_entropy_with_logits(logits: Array, soft_targets: Array, z_loss: float)
   return loss + total_z_loss, total_z_loss
 
 
+def cross_entropy_with_integer_labels(logits: Array, targets: Array, z_loss: float) -> tuple[Array, Array]:
+  """`cross_entropy_with_logits` for one-hot targets, without building the one-hot [batch, length, vocab].
+
+  log Z - logits[target] reads the target logit by a gather, so neither the forward nor the backward pass
+  materializes a [batch, length, vocab] array besides the logits and their gradient (XLA fuses the rest into
+  the reductions); the result equals the soft-target formula with a one-hot distribution.
+
+  Args:
+    logits: [batch, length, vocab] float32.
+    targets: [batch, length] int token ids.
+    z_loss: coefficient of log(Z)^2.
+
+  Returns:
+    (loss [batch, length] including the z-loss term, z_loss term [batch, length]).
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [b, t]
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [b, t]
+  total_z_loss = z_loss * jnp.square(log_z)
+  return log_z - target_logits + total_z_loss, total_z_loss
+
+
 def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array | None,
                                    config: LossConfig) -> tuple[Array, Array, Array]:
   """T5X's `compute_weighted_cross_entropy`, before normalization (see `normalize`).
@@ -70,6 +91,10 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array
     (loss, z_loss, weight_sum) scalars: weighted sums over tokens (loss includes z_loss) and the sum of weights.
     With label smoothing the loss is shifted by the smoothed distribution's entropy, so a perfect model scores 0.
   """
+  weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+  if config.label_smoothing == 0.0:
+    loss, z_loss = cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets, config.z_loss)
+    return jnp.sum(loss * weights), jnp.sum(z_loss * weights), jnp.sum(weights)
   vocab_size = logits.shape[-1]
   confidence = 1.0 - config.label_smoothing
   low_confidence = (1.0 - confidence) / (vocab_size - 1)
@@ -78,7 +103,6 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array
   soft_targets = jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence) + low_confidence
   loss, z_loss = cross_entropy_with_logits(logits.astype(jnp.float32), soft_targets, config.z_loss)
   loss = loss - normalizing_constant
-  weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
   return jnp.sum(loss * weights), jnp.sum(z_loss * weights), jnp.sum(weights)
 
 

@@ -229,7 +229,8 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           logical_axis_rules: partitioning.LogicalRules | None = None, max_encoder_length: int | None = None,
           log_period: int = 10, async_checkpointing: bool = False, optimizer_step_from_checkpoint: bool = True,
           absolute_train_steps: bool = False,
-          stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S) -> trainer.TrainState:
+          stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S,
+          frozen_param_dtype: str | None = None) -> trainer.TrainState:
   """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
 
   Args:
@@ -274,6 +275,9 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
       the initial checkpoint's training, e.g. 1,130,000 for 30k steps from a 1.1M checkpoint); False (default):
       TRAIN_STEPS is this run's number of steps.
     stop_timeout_s: after SIGTERM/SIGINT, the most seconds to wait for the final save before exiting without it.
+    frozen_param_dtype: FROZEN_PARAM_DTYPE: 'bfloat16' keeps the frozen model in bfloat16 on the devices (half
+      the memory and bandwidth; use it with bfloat16 activations on GPUs and TPUs); the trainable parameters and
+      their optimizer state stay float32. None keeps float32.
 
   Returns:
     The final train state.
@@ -281,6 +285,7 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   arguments = dict(locals())  # exactly train's parameters, for _train_in
   check_run_arguments(train_steps=train_steps, batch_size=batch_size, save_period=save_period,
                       eval_period=eval_period, eval_num_examples=eval_num_examples, log_period=log_period)
+  train_state.frozen_dtype_or_none(frozen_param_dtype)
   import_task_module(mixture_or_task_module)
   provider = tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
@@ -344,8 +349,8 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
               best_metric: str | None, best_mode: str, export_peft: bool, num_partitions: int,
               mesh_shape: Sequence[int] | None, logical_axis_rules: partitioning.LogicalRules | None,
               max_encoder_length: int | None, log_period: int, async_checkpointing: bool,
-              optimizer_step_from_checkpoint: bool, stop_timeout_s: float, provider: Any,
-              initial_step: int) -> trainer.TrainState:
+              optimizer_step_from_checkpoint: bool, stop_timeout_s: float, frozen_param_dtype: str | None,
+              provider: Any, initial_step: int) -> trainer.TrainState:
   """`train` in a checked, locked MODEL_DIR."""
   started = time.perf_counter()
   expected, param_axes = abstract_params(model, task_feature_lengths)
@@ -367,6 +372,7 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
   train_data = train_dataset()
   params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed, mesh=mesh,
                           rules=rules)
+  params = train_state.cast_frozen(params, trainable_regex, frozen_param_dtype)
   train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
                                                                   description)
   evaluate = None
