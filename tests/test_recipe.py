@@ -98,7 +98,7 @@ def _check_against_numpy(tx: optax.GradientTransformation, recipe: dict, learnin
   current = dict(params)
   slots = {name: {} for name in params}
   update = jax.jit(tx.update)
-  for i, (grad, lr) in enumerate(zip(grads, learning_rates)):
+  for i, (grad, lr) in enumerate(zip(grads, learning_rates, strict=True)):
     updates, state = update(jax.tree.map(jnp.asarray, grad), state, jax.tree.map(jnp.asarray, current))
     for name in params:  # the update, not the new value: float32 rounding of param + update would hide it
       expected, slots[name] = numpy_adafactor_step(current[name], grad[name], slots[name], first_step + i,
