@@ -138,3 +138,36 @@ def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings):
     assert nn.meta.unbox(variables)["params"]["encoder"]["prompt"]["prompt"]["prompt"].shape == (7, 32)
   finally:
     gin.clear_config()
+
+
+def test_class_label_init_through_the_run_gin_default_path_embeds_the_tasks_sentencepiece_labels():
+  """prompt_finetune.gin's defaults: VOCABULARY and CLASS_LABELS come from the task (RTE), here with a real
+  SentencePiece model; rows 0 and 1 are the mean embeddings of its pieces of 'entailment' and 'not_entailment'."""
+  import sentencepiece as spm
+  from _data_helpers import TEST_EXTRA_IDS, sentencepiece_model
+
+  from prompt_tuning_jax.training import cli
+
+  path = sentencepiece_model()
+  gin.clear_config()
+  try:
+    cli.parse_gin(["models/t5_1_1_tiny.gin", "models/prompt.gin", "prompts/from_class_labels.gin",
+                   "runs/prompt_finetune.gin"],
+                  ["MODEL_DIR = '/unused'", "MIXTURE_OR_TASK_NAME = 'taskless_super_glue_rte_v102'",
+                   "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}", "INITIAL_CHECKPOINT_PATH = None",
+                   "PROMPT_LENGTH = 5", "config.T5Config.vocab_size = 256",
+                   f"t5_vocabulary.sentencepiece_model_file = '{path}'",
+                   f"t5_vocabulary.extra_ids = {TEST_EXTRA_IDS}"], [])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    tokens = jnp.ones((1, 4), jnp.int32)
+    params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
+        jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+  finally:
+    gin.clear_config()
+  embedding = np.asarray(params["token_embedder"]["embedding"])
+  prompt = np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"])
+  pieces = [spm.SentencePieceProcessor(model_file=path).encode(label) for label in ("entailment", "not_entailment")]
+  assert len(pieces[1]) > 1  # a label of several pieces: the row is their mean
+  for row, ids in enumerate(pieces):
+    np.testing.assert_allclose(prompt[row], embedding[ids].mean(axis=0), rtol=1e-6, atol=1e-7)
+  assert np.all(_rows_of(embedding, prompt[2:]) >= 0)  # the other rows are sampled vocabulary
