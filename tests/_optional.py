@@ -1,7 +1,8 @@
 """Optional test dependencies (the oracles: torch, transformers, peft, t5x) and their one skip reason.
 
-A test that needs one is decorated `@needs("torch", "transformers")`: it is marked `parity` and, when a module is
-missing, skipped with `SKIP_REASON`. `conftest.py` turns such skips into a failure of the session when
+A test that needs one is decorated `@needs("torch", "transformers")` (a whole file: `pytestmark =
+parity_marks(...)`, modules imported with `optional`): it is marked `parity` and, when a module is missing, skipped
+with `SKIP_REASON`. `conftest.py` turns such skips into a failure of the session when
 PROMPT_TUNING_JAX_REQUIRE_PARITY=1 (CI sets it), so the parity tests cannot vanish silently.
 """
 
@@ -34,13 +35,19 @@ def reason(names: list[str]) -> str:
   return f"{SKIP_REASON}: {', '.join(names)} ({'; '.join(hints)})"
 
 
-def needs(*names: str) -> Callable[[Callable], Callable]:
-  """Marks a test `parity` and skips it, with the one reason, unless every named module imports."""
+def parity_marks(*names: str) -> list[pytest.MarkDecorator]:
+  """`pytestmark` of a file whose every test needs the named modules: `parity`, and the skip when one is absent."""
   absent = missing(*names)
+  return [pytest.mark.parity, pytest.mark.skipif(bool(absent), reason=reason(absent))]
 
-  def decorate(test):
-    test = pytest.mark.parity(test)
-    return pytest.mark.skipif(bool(absent), reason=reason(absent))(test)
+
+def needs(*names: str) -> Callable[[Callable], Callable]:
+  """Marks one test `parity` and skips it, with the one reason, unless every named module imports."""
+
+  def decorate(test: Callable) -> Callable:
+    for mark in parity_marks(*names):
+      test = mark(test)
+    return test
 
   return decorate
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _optional import needs
 
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.inference.decoding import greedy_decode
@@ -148,8 +149,9 @@ def test_a_fully_padded_example_still_attends_to_the_prompt():
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
+@needs("torch", "transformers")
 def test_relative_buckets_equal_huggingface(bidirectional):
-  torch = pytest.importorskip("torch")
+  import torch
   from transformers.models.t5.modeling_t5 import T5Attention
 
   relative = np.arange(-300, 300)[None, :] - np.zeros((1, 1), np.int64)
