@@ -118,13 +118,32 @@ def test_missing_prompt_is_initialized_from_the_restored_embedding():
   np.testing.assert_array_equal(full["token_embedder"]["embedding"], restored)  # restored params are kept
 
 
-@pytest.mark.parametrize("init_file,bindings", [
-    ("from_uniform.gin", []),
-    ("from_sampled_vocab.gin", ["prompts.from_sampled_vocab.population_size = 100"]),
-    ("from_class_labels.gin", ["CLASS_LABELS = ['positive', 'negative']", "VOCABULARY = @WordVocabulary()"]),
-    ("from_text.gin", ["PROMPT_INIT_TEXT = 'the movie'", "VOCABULARY = @WordVocabulary()"]),
-])
-def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings):
+def _uniform_rows(prompt, embedding):
+  assert np.all(np.abs(prompt) <= 0.5) and np.std(prompt) > 0.1  # U(-0.5, 0.5), not a constant
+
+
+def _sampled_rows(prompt, embedding):
+  ids = _rows_of(embedding, prompt)
+  assert np.all((ids >= 0) & (ids < 100)) and len(set(ids)) == len(ids)  # distinct rows of the first 100
+
+
+def _class_label_rows(prompt, embedding):  # 'positive' -> id 10, 'negative' -> id 11, then sampled vocabulary
+  np.testing.assert_array_equal(prompt[:2], embedding[[10, 11]])
+  assert np.all(_rows_of(embedding, prompt[2:]) >= 0)
+
+
+def _text_rows(prompt, embedding):  # 'the movie' -> ids 16, 17, tiled over 7 rows
+  np.testing.assert_array_equal(prompt, embedding[[16, 17, 16, 17, 16, 17, 16]])
+
+
+@pytest.mark.parametrize("init_file,bindings,check", [
+    ("from_uniform.gin", [], _uniform_rows),
+    ("from_sampled_vocab.gin", ["prompts.from_sampled_vocab.population_size = 100"], _sampled_rows),
+    ("from_class_labels.gin", ["CLASS_LABELS = ['positive', 'negative']", "VOCABULARY = @WordVocabulary()"],
+     _class_label_rows),
+    ("from_text.gin", ["PROMPT_INIT_TEXT = 'the movie'", "VOCABULARY = @WordVocabulary()"], _text_rows),
+], ids=["uniform", "sampled_vocab", "class_labels", "text"])
+def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings, check):
   gin.clear_config()
   gin.external_configurable(WordVocabulary)
   try:
@@ -135,9 +154,12 @@ def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings):
     tokens = jnp.ones((1, 4), jnp.int32)
     variables = jax.jit(functools.partial(model.init, enable_dropout=False))(
         jax.random.PRNGKey(0), tokens, tokens, tokens)
-    assert nn.meta.unbox(variables)["params"]["encoder"]["prompt"]["prompt"]["prompt"].shape == (7, 32)
   finally:
     gin.clear_config()
+  params = nn.meta.unbox(variables)["params"]
+  prompt = np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"])
+  assert prompt.shape == (7, 32)
+  check(prompt, np.asarray(params["token_embedder"]["embedding"]))
 
 
 def test_class_label_init_through_the_run_gin_default_path_embeds_the_tasks_sentencepiece_labels():
