@@ -87,8 +87,9 @@ MUTATIONS = (
              "  flat.update(traverse_util.flatten_dict(trainable))",
              "  flat.update({k: v * 0 for k, v in traverse_util.flatten_dict(trainable).items()})",
              (T + "test_training_train_state.py::test_merge_inverts_split",)),
-    Mutation("checkpoint: Hugging Face wi_0/wi_1 swapped", "prompt_tuning_jax/checkpoints/hf.py",
-             '_MLP = ("wi_0", "wi_1", "wo")', '_MLP = ("wi_1", "wi_0", "wo")',
+    Mutation("checkpoint: Hugging Face v/o swapped in the name map", "prompt_tuning_jax/checkpoints/hf.py",
+             '_ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}',
+             '_ATTENTION = {"query": "q", "key": "k", "value": "o", "out": "v"}',
              (T + "test_checkpoints_hf.py::test_every_array_equals_its_torch_tensor_transposed_per_the_table",)),
     Mutation("checkpoint: bfloat16 arrays not cast to the parameter dtype", "prompt_tuning_jax/checkpoints/param_dtype.py",
              "  return array.astype(dtype, copy=False)", "  return array",
@@ -221,6 +222,9 @@ def main(argv: list[str]) -> int:
         broken.append(mutation.name)
         print(output[-2000:])
       print(f"{verdict:9s} {seconds:6.1f}s  {mutation.name}  [{' '.join(mutation.tests)}]", flush=True)
+      if status == 1:  # why: the first failure line pytest printed
+        reason = next((line for line in output.splitlines() if line.startswith("E ")), "")
+        print(f"          {reason[:150]}")
   print(f"{len(mutations) - len(survived) - len(broken)} of {len(mutations)} mutations killed; "
         f"{len(survived)} survived{': ' + ', '.join(survived) if survived else ''}"
         f"{f'; {len(broken)} could not run: ' + ', '.join(broken) if broken else ''}")
