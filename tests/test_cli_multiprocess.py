@@ -10,10 +10,9 @@ $PROMPT_TUNING_JAX_BATCH_LOG_DIR (training/input_pipeline.py).
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
+import _training_helpers as helpers
 import gin
 import numpy as np
 import pytest
@@ -32,27 +31,12 @@ MODEL_FLAGS = ["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=models/prompt.gi
                f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.INITIAL_CHECKPOINT_PATH=None"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(module: str, flags: list[str], env_extra: dict[str, str]) -> None:
-  coordinator = f"127.0.0.1:{_free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "CUDA_VISIBLE_DEVICES": "",
-         "JAX_PLATFORMS": "cpu", **env_extra}
-  workers = [subprocess.Popen([sys.executable, "-m", module, f"--coordinator_address={coordinator}",
-                               "--process_count=2", f"--process_index={i}", *flags], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-  try:
-    logs = [w.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace") for w in workers]
-  finally:
-    for w in workers:
-      if w.poll() is None:
-        w.kill()
-  for i, w in enumerate(workers):
-    assert w.returncode == 0, f"process {i} of {module} failed:\n{logs[i][-3000:]}"
+  """`python -m module` as processes 0 and 1 of a job, with the CLI's multi-process flags."""
+  helpers.run_two_processes(
+      lambda coordinator, i: [sys.executable, "-m", module, f"--coordinator_address={coordinator}",
+                              "--process_count=2", f"--process_index={i}", *flags],
+      TIMEOUT_S, cwd=ROOT, env_extra=env_extra)
 
 
 def _validation(model_dir: str) -> dict:
