@@ -11,8 +11,11 @@ import functools
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -113,6 +116,31 @@ def prompt_of(tree) -> np.ndarray:
   for key in PROMPT_PATH:
     node = node[key]
   return np.asarray(partitioning.fetch(node))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(command_of: Callable[[str, int], list[str]], timeout_s: float, cwd: str | None = None,
+                      env_extra: Mapping[str, str] | None = None) -> None:
+  """Runs `command_of(coordinator_address, process_index)` for processes 0 and 1 (2 CPU devices each, gloo on
+  localhost) and fails with the log of any process that does not exit 0."""
+  coordinator = f"127.0.0.1:{free_port()}"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "CUDA_VISIBLE_DEVICES": "",
+         "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+  workers = [subprocess.Popen(command_of(coordinator, i), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    logs = [w.communicate(timeout=timeout_s)[0].decode(errors="replace") for w in workers]
+  finally:
+    for w in workers:
+      if w.poll() is None:
+        w.kill()
+  for i, w in enumerate(workers):
+    assert w.returncode == 0, f"process {i} failed ({' '.join(command_of(coordinator, i)[:3])}):\n{logs[i][-3000:]}"
 
 
 def _worker(coordinator: str, process_id: int, model_dir: str, out_file: str,

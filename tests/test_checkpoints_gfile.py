@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import torch
-import transformers
+from _optional import needs, optional
 
 from prompt_tuning_jax.checkpoints import (
   export_numpy_checkpoint,
@@ -20,6 +19,7 @@ from prompt_tuning_jax.checkpoints import (
 )
 from prompt_tuning_jax.checkpoints.t5x import legacy_checkpoint_file, orbax_state_dir
 
+torch, transformers = optional("torch"), optional("transformers")
 P, EMBED = 5, 32
 
 
@@ -95,6 +95,7 @@ def test_missing_ram_path_gives_the_same_error_as_a_missing_local_one(ram_dir, t
   assert messages == [message, message]
 
 
+@needs("torch", "transformers")
 def test_hugging_face_directory_in_ram_loads_like_the_local_one(ram_dir, tmp_path):
   torch.manual_seed(0)
   config = transformers.T5Config(vocab_size=64, d_model=EMBED, d_kv=8, num_heads=6, d_ff=48, num_layers=2,

@@ -8,13 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
+from _optional import optional, parity_marks
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from prompt_tuning_jax.checkpoints import load_hf_t5, load_params, merge_frozen, save_hf_t5
 from prompt_tuning_jax.model import T5Config, Transformer
+
+torch, transformers = optional("torch"), optional("transformers")
+pytestmark = parity_marks("torch", "transformers")
 
 HF_FIELDS = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)

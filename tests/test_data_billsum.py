@@ -53,3 +53,18 @@ def test_billsum_scores_its_own_summaries_as_perfect_rouge_and_reports_bleu(mock
 
 def test_billsum_has_no_class_labels():
   assert tasks.get_class_labels(billsum.TASK_NAME) is None
+
+
+def test_billsum_validation_is_the_last_5_percent_of_train_disjoint_from_the_train_split():
+  """The TFDS mock ignores split slicing (every slice yields the mock's examples), so the slices are checked
+  through TFDS's own split arithmetic on a 18,949-example `train` (BillSum's size)."""
+  split_map = tasks.get_mixture_or_task(billsum.TASK_NAME).source.tfds_dataset._split_map  # what TFDS is asked
+  assert split_map == {"train": "train[:95%]", "validation": "train[95%:]", "test": "test",
+                                           "ca_test": "ca_test"}
+  train_info = {"train": tfds.core.SplitInfo(name="train", shard_lengths=[18949], num_bytes=0)}
+  ranges = {}
+  for split in ("train", "validation"):
+    (absolute,) = tfds.core.ReadInstruction.from_spec(split_map[split]).to_absolute(train_info)
+    ranges[split] = range(absolute.from_ or 0, 18949 if absolute.to is None else absolute.to)
+  assert ranges["train"].stop == ranges["validation"].start and ranges["validation"].stop == 18949
+  assert ranges["train"].start == 0 and len(ranges["validation"]) == 947  # 5% of 18,949 (TFDS rounds the boundary)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _optional import needs
 
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.inference.decoding import greedy_decode
@@ -101,18 +102,56 @@ def test_input_padding_is_masked_but_prompt_is_seen():
   assert not np.allclose(logits, logits_changed, atol=1e-3)
 
 
+def _prompt_of_token_embeddings(params, token_ids):
+  """`params` with the prompt set to the embeddings of `token_ids` [P] (so it reads like those tokens)."""
+  changed = jax.tree_util.tree_map(lambda x: x, params)
+  changed["encoder"]["prompt"]["prompt"]["prompt"] = params["token_embedder"]["embedding"][np.asarray(token_ids)]
+  return changed
+
+
+PROMPT_TOKENS = (7, 19, 3, 42, 11)  # PROMPT_LENGTH ids
+
+
+def test_prompt_is_prepended_to_the_embedded_inputs_and_seen_by_every_position():
+  """A prompt equal to the embeddings of tokens w gives exactly the plain model's logits on [w; inputs]: the prompt
+  comes first, every encoder position (and the decoder) attends to it, relative positions span P + T."""
+  model = _prompted()
+  enc, dec, tgt = _batch()
+  params = _prompt_of_token_embeddings(_init(model, (enc, dec, tgt)), PROMPT_TOKENS)
+  logits = model.apply({"params": params}, enc, dec, tgt, enable_dropout=False)
+  plain_params = {k: v for k, v in params.items() if k != "encoder"}
+  plain_params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
+  # Left-aligned: [w; real tokens] then the padding, as the prompted encoder sees it (its padding is masked).
+  rows = [np.concatenate([PROMPT_TOKENS, row[row > 0], row[row == 0]]) for row in np.asarray(enc)]
+  with_words = jnp.asarray(np.stack(rows).astype(np.int32))
+  reference = Transformer(TINY).apply({"params": plain_params}, with_words, dec, tgt, enable_dropout=False)
+  real = np.asarray(tgt) > 0
+  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(reference)[real], rtol=1e-5, atol=1e-5)
+
+
 def test_a_fully_padded_example_still_attends_to_the_prompt():
   model = _prompted()
   enc, dec, tgt = _batch()
   enc = enc.at[2].set(0)
-  params = _init(model, (enc, dec, tgt))
-  logits = model.apply({"params": params}, enc, dec, tgt, enable_dropout=False)
-  assert np.all(np.isfinite(np.asarray(logits)))
+  params = _prompt_of_token_embeddings(_init(model, (enc, dec, tgt)), PROMPT_TOKENS)
+  logits = np.asarray(model.apply({"params": params}, enc, dec, tgt, enable_dropout=False))
+  assert np.all(np.isfinite(logits))
+  # The padded row's output is the plain model's on the prompt's tokens alone ...
+  plain_params = {k: v for k, v in params.items() if k != "encoder"}
+  plain_params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
+  words = jnp.asarray(np.asarray([PROMPT_TOKENS], np.int32))
+  reference = Transformer(TINY).apply({"params": plain_params}, words, dec[2:], tgt[2:], enable_dropout=False)
+  np.testing.assert_allclose(logits[2], np.asarray(reference)[0], rtol=1e-5, atol=1e-5)
+  # ... and changes when the prompt changes.
+  other = _prompt_of_token_embeddings(params, (8, 9, 10, 12, 13))
+  changed = np.asarray(model.apply({"params": other}, enc, dec, tgt, enable_dropout=False))
+  assert np.max(np.abs(changed[2] - logits[2])) > 1e-2
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
+@needs("torch", "transformers")
 def test_relative_buckets_equal_huggingface(bidirectional):
-  torch = pytest.importorskip("torch")
+  import torch
   from transformers.models.t5.modeling_t5 import T5Attention
 
   relative = np.arange(-300, 300)[None, :] - np.zeros((1, 1), np.int64)
@@ -143,17 +182,36 @@ def test_incremental_decoding_matches_teacher_forced_logits():
     np.testing.assert_allclose(step_logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_decode_follows_argmax_and_pads_after_eos():
+def _emits_eos_where_it_emitted(params, token):
+  """`params` whose output projection swaps the logits of `token` and EOS (id 1): EOS is argmax exactly where
+  `token` was."""
+  changed = jax.tree_util.tree_map(lambda x: x, params)
+  kernel = np.array(params["decoder"]["logits_dense"]["kernel"])  # [embed, vocab]
+  kernel[:, [1, token]] = kernel[:, [token, 1]]
+  changed["decoder"]["logits_dense"]["kernel"] = jnp.asarray(kernel)
+  return changed
+
+
+def _free_decode_and_eos_params(length):
   model = _prompted()
   enc, dec, tgt = _batch()
   params = _init(model, (enc, dec, tgt))
+  free = np.asarray(greedy_decode(model, params, enc, length, eos_id=-1))  # an id never produced: no stop
+  assert not np.any(free == 1), "the random model already emits EOS; pick another seed"
+  token = int(free[0, 1])  # row 0 emits it at step <= 1, so EOS comes with steps to spare
+  return model, enc, params, _emits_eos_where_it_emitted(params, token), free, token
+
+
+def test_greedy_decode_follows_argmax_and_pads_after_eos():
   length = 6
+  model, enc, _, params, _, _ = _free_decode_and_eos_params(length)
   tokens = np.asarray(greedy_decode(model, params, enc, length, eos_id=1))
   assert tokens.shape == (3, length)
   # Replaying the decoded prefix teacher-forced must reproduce each argmax until EOS.
   prefix = np.concatenate([np.zeros((3, 1), np.int32), tokens[:, :-1]], axis=1)
   logits = model.apply({"params": params}, enc, jnp.asarray(prefix), jnp.ones_like(prefix), enable_dropout=False)
   argmax = np.asarray(jnp.argmax(logits, -1))
+  ended_early = 0
   for row in range(3):
     ended = False
     for t in range(length):
@@ -162,18 +220,23 @@ def test_greedy_decode_follows_argmax_and_pads_after_eos():
       else:
         assert tokens[row, t] == argmax[row, t]
         ended = tokens[row, t] == 1
+        ended_early += bool(ended and t < length - 1)
+  assert ended_early >= 1  # the padding branch ran
 
 
 def test_greedy_decode_pads_everything_after_eos():
-  model = _prompted()
-  enc, dec, tgt = _batch()
-  params = _init(model, (enc, dec, tgt))
-  free = np.asarray(greedy_decode(model, params, enc, 6, eos_id=-1))  # an id never produced: no stop
-  eos = int(free[0, 2])
-  stop = int(np.argmax(free[0] == eos))  # first time row 0 emits that id
-  tokens = np.asarray(greedy_decode(model, params, enc, 6, eos_id=eos))
-  np.testing.assert_array_equal(tokens[0, :stop + 1], free[0, :stop + 1])
-  assert np.all(tokens[0, stop + 1:] == 0)
+  length = 6
+  model, enc, _, params, free, token = _free_decode_and_eos_params(length)
+  tokens = np.asarray(greedy_decode(model, params, enc, length, eos_id=1))
+  for row in range(3):
+    hits = np.flatnonzero(free[row] == token)
+    if hits.size == 0:  # never reaches EOS: the free decode, unchanged
+      np.testing.assert_array_equal(tokens[row], free[row])
+      continue
+    stop = hits[0]
+    np.testing.assert_array_equal(tokens[row, :stop], free[row, :stop])
+    assert tokens[row, stop] == 1 and np.all(tokens[row, stop + 1:] == 0), (row, tokens[row])
+  assert tokens[0, 1] == 1 and np.all(tokens[0, 2:] == 0)
 
 
 def test_rematerialized_layers_give_identical_loss_and_gradient():
@@ -207,10 +270,23 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
   batch = _batch()
   params = _init(model, batch)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
-  logits = model.apply({"params": params}, *batch, enable_dropout=False)
+  logits, state = model.apply({"params": params}, *batch, enable_dropout=False, capture_intermediates=True,
+                              mutable=["intermediates"])
   assert logits.dtype == jnp.float32
-  reference = _prompted().apply({"params": params}, *batch, enable_dropout=False)
-  np.testing.assert_allclose(logits, reference, atol=0.1 * float(jnp.max(jnp.abs(reference))))
+  # Every projection (attention q/k/v/out, MLP wi/wo) and every layer's output computes in bfloat16.
+  computed = {"/".join(path[:-1]): jax.tree_util.tree_leaves(leaf)[0].dtype for path, leaf in
+              flax.traverse_util.flatten_dict(state["intermediates"]).items() if path[-1] == "__call__"}
+  layers = [path for path in computed
+            if path.split("/")[-1] in {"query", "key", "value", "out", "wi_0", "wi_1", "wo"}
+            or path.split("/")[-1].startswith("layers_")]
+  assert len(layers) == 2 * (4 + 3 + 1) + 2 * (4 + 4 + 3 + 1), sorted(layers)  # every one of the tiny model
+  assert {computed[path] for path in layers} == {jnp.dtype(jnp.bfloat16)}
+  # Within bfloat16 rounding of the float32 model, and not the float32 model itself.
+  reference = np.asarray(_prompted().apply({"params": params}, *batch, enable_dropout=False))
+  error = np.abs(np.asarray(logits) - reference)
+  scale = float(np.max(np.abs(reference)))
+  assert error.max() < 0.05 * scale, (error.max(), scale)
+  assert error.max() > 1e-3 * scale, "logits equal float32 ones: the activations did not compute in bfloat16"
 
 
 def test_packed_inputs_with_a_prompt_are_refused():

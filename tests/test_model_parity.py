@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _optional import needs, optional, parity_marks
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from prompt_tuning_jax import prompts
+from prompt_tuning_jax.checkpoints import load_params
+from prompt_tuning_jax.checkpoints.prompt_files import load_prompt
+from prompt_tuning_jax.model import T5Config, Transformer
 
-from prompt_tuning_jax import prompts  # noqa: E402
-from prompt_tuning_jax.checkpoints import load_params  # noqa: E402
-from prompt_tuning_jax.checkpoints.prompt_files import load_prompt  # noqa: E402
-from prompt_tuning_jax.model import T5Config, Transformer  # noqa: E402
+torch, transformers, peft = optional("torch"), optional("transformers"), optional("peft")
+pytestmark = parity_marks("torch", "transformers")
 
 # Two T5 1.1 shapes: heads x d_kv equal to d_model, and not (6 x 8 = 48 != 32); decoder deeper than encoder.
 HF_CONFIGS = {
@@ -67,8 +68,8 @@ def test_logits_equal_huggingface_t5_1_1(tmp_path, name):
   assert _max_relative_error(ours[real], ref[real]) < 1e-5
 
 
+@needs("peft")
 def test_peft_prompt_tuning_loss_and_prompt_gradient_equal_ours(tmp_path):
-  peft = pytest.importorskip("peft")
   hf, path = _hf_model(tmp_path, "wide_heads")
   length = 5
   peft_model = peft.get_peft_model(hf, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=length))

@@ -4,10 +4,8 @@ import json
 import os
 
 import numpy as np
-import peft
 import pytest
-import torch
-import transformers
+from _optional import needs, optional
 from safetensors.numpy import load_file, save_file
 
 from prompt_tuning_jax.checkpoints import (
@@ -17,6 +15,7 @@ from prompt_tuning_jax.checkpoints import (
   save_prompt_npy,
 )
 
+torch, transformers, peft = optional("torch"), optional("transformers"), optional("peft")
 P, EMBED = 5, 32
 
 
@@ -65,6 +64,7 @@ def test_numpy_checkpoint_export_uses_the_reference_layout(tmp_path):
   np.testing.assert_array_equal(load_prompt(path, length=P, embed_dim=EMBED), prompt)
 
 
+@needs("torch", "transformers", "peft")
 def test_peft_adapter_gives_the_encoder_prompt_rows(tmp_path):
   model = peft.get_peft_model(t5_model(), peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P))
   rows = peft_prompt_rows(model)
@@ -73,6 +73,7 @@ def test_peft_adapter_gives_the_encoder_prompt_rows(tmp_path):
   np.testing.assert_array_equal(load_prompt(tmp_path, length=P, embed_dim=EMBED), rows[:P])
 
 
+@needs("torch", "transformers", "peft")
 def test_save_peft_adapter_loads_in_peft_with_equal_prompt_embeddings(tmp_path):
   prompt = random_prompt()
   save_peft_adapter(prompt, tmp_path, num_layers=2, num_attention_heads=6, base_model_name_or_path="tiny-t5")
@@ -83,6 +84,7 @@ def test_save_peft_adapter_loads_in_peft_with_equal_prompt_embeddings(tmp_path):
   np.testing.assert_array_equal(load_prompt(tmp_path, length=P, embed_dim=EMBED), prompt)
 
 
+@needs("torch", "transformers", "peft")
 def test_peft_feeds_only_the_first_prompt_rows_to_a_seq2seq_model(tmp_path):
   # The module docstring's claim about PEFT: for PROMPT_TUNING rows [P:] are never read.
   prompt = random_prompt()

@@ -125,14 +125,37 @@ def test_missing_prompt_is_initialized_from_the_restored_embedding():
   np.testing.assert_array_equal(full["token_embedder"]["embedding"], restored)  # restored params are kept
 
 
-@pytest.mark.parametrize("init_file,bindings", [
-    ("from_uniform.gin", []),
-    ("from_flax_uniform.gin", []),
-    ("from_sampled_vocab.gin", ["prompts.from_sampled_vocab.population_size = 100"]),
-    ("from_class_labels.gin", ["CLASS_LABELS = ['positive', 'negative']", "VOCABULARY = @WordVocabulary()"]),
-    ("from_text.gin", ["PROMPT_INIT_TEXT = 'the movie'", "VOCABULARY = @WordVocabulary()"]),
-])
-def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings):
+def _uniform_rows(prompt, embedding):
+  assert np.all(np.abs(prompt) <= 0.5) and np.std(prompt) > 0.1  # U(-0.5, 0.5), not a constant
+
+
+def _sampled_rows(prompt, embedding):
+  ids = _rows_of(embedding, prompt)
+  assert np.all((ids >= 0) & (ids < 100)) and len(set(ids)) == len(ids)  # distinct rows of the first 100
+
+
+def _class_label_rows(prompt, embedding):  # 'positive' -> id 10, 'negative' -> id 11, then sampled vocabulary
+  np.testing.assert_array_equal(prompt[:2], embedding[[10, 11]])
+  assert np.all(_rows_of(embedding, prompt[2:]) >= 0)
+
+
+def _text_rows(prompt, embedding):  # 'the movie' -> ids 16, 17, tiled over 7 rows
+  np.testing.assert_array_equal(prompt, embedding[[16, 17, 16, 17, 16, 17, 16]])
+
+
+def _flax_uniform_rows(prompt, embedding):
+  assert np.all((prompt >= 0) & (prompt < 0.5)) and np.std(prompt) > 0.05  # the reference's U[0, 0.5)
+
+
+@pytest.mark.parametrize("init_file,bindings,check", [
+    ("from_uniform.gin", [], _uniform_rows),
+    ("from_flax_uniform.gin", [], _flax_uniform_rows),
+    ("from_sampled_vocab.gin", ["prompts.from_sampled_vocab.population_size = 100"], _sampled_rows),
+    ("from_class_labels.gin", ["CLASS_LABELS = ['positive', 'negative']", "VOCABULARY = @WordVocabulary()"],
+     _class_label_rows),
+    ("from_text.gin", ["PROMPT_INIT_TEXT = 'the movie'", "VOCABULARY = @WordVocabulary()"], _text_rows),
+], ids=["uniform", "flax_uniform", "sampled_vocab", "class_labels", "text"])
+def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings, check):
   gin.clear_config()
   gin.external_configurable(WordVocabulary)
   try:
@@ -143,6 +166,42 @@ def test_each_prompt_gin_file_builds_a_prompted_model(init_file, bindings):
     tokens = jnp.ones((1, 4), jnp.int32)
     variables = jax.jit(functools.partial(model.init, enable_dropout=False))(
         jax.random.PRNGKey(0), tokens, tokens, tokens)
-    assert nn.meta.unbox(variables)["params"]["encoder"]["prompt"]["prompt"]["prompt"].shape == (7, 32)
   finally:
     gin.clear_config()
+  params = nn.meta.unbox(variables)["params"]
+  prompt = np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"])
+  assert prompt.shape == (7, 32)
+  check(prompt, np.asarray(params["token_embedder"]["embedding"]))
+
+
+def test_class_label_init_through_the_run_gin_default_path_embeds_the_tasks_sentencepiece_labels():
+  """prompt_finetune.gin's defaults: VOCABULARY and CLASS_LABELS come from the task (RTE), here with a real
+  SentencePiece model; rows 0 and 1 are the mean embeddings of its pieces of 'entailment' and 'not_entailment'."""
+  import sentencepiece as spm
+  from _data_helpers import TEST_EXTRA_IDS, sentencepiece_model
+
+  from prompt_tuning_jax.training import cli
+
+  path = sentencepiece_model()
+  gin.clear_config()
+  try:
+    cli.parse_gin(["models/t5_1_1_tiny.gin", "models/prompt.gin", "prompts/from_class_labels.gin",
+                   "runs/prompt_finetune.gin"],
+                  ["MODEL_DIR = '/unused'", "MIXTURE_OR_TASK_NAME = 'taskless_super_glue_rte_v102'",
+                   "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}", "INITIAL_CHECKPOINT_PATH = None",
+                   "PROMPT_LENGTH = 5", "config.T5Config.vocab_size = 256",
+                   f"t5_vocabulary.sentencepiece_model_file = '{path}'",
+                   f"t5_vocabulary.extra_ids = {TEST_EXTRA_IDS}"], [])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    tokens = jnp.ones((1, 4), jnp.int32)
+    params = nn.meta.unbox(jax.jit(functools.partial(model.init, enable_dropout=False))(
+        jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+  finally:
+    gin.clear_config()
+  embedding = np.asarray(params["token_embedder"]["embedding"])
+  prompt = np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"])
+  pieces = [spm.SentencePieceProcessor(model_file=path).encode(label) for label in ("entailment", "not_entailment")]
+  assert len(pieces[1]) > 1  # a label of several pieces: the row is their mean
+  for row, ids in enumerate(pieces):
+    np.testing.assert_allclose(prompt[row], embedding[ids].mean(axis=0), rtol=1e-6, atol=1e-7)
+  assert np.all(_rows_of(embedding, prompt[2:]) >= 0)  # the other rows are sampled vocabulary

@@ -1,8 +1,6 @@
 """Two processes on localhost (CPU collectives over gloo) train together and agree with one process."""
 
 import os
-import socket
-import subprocess
 import sys
 
 import _training_helpers as helpers
@@ -13,29 +11,13 @@ WORKER = os.path.join(os.path.dirname(__file__), "_training_helpers.py")
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run_two_workers(tmp_path, *extra: str) -> list[str]:
-  """Runs both processes of the job; returns their output files."""
-  coordinator = f"127.0.0.1:{_free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "CUDA_VISIBLE_DEVICES": "",
-         "JAX_PLATFORMS": "cpu"}
+  """Runs both processes of the job (extra: the worker's optional arguments); returns their output files."""
   outputs = [str(tmp_path / f"out_{i}.npy") for i in range(2)]
-  workers = [subprocess.Popen([sys.executable, WORKER, coordinator, str(i), str(tmp_path / "model"), outputs[i],
-                               *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-  try:
-    logs = [w.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace") for w in workers]
-  finally:
-    for w in workers:
-      if w.poll() is None:
-        w.kill()
-  for i, w in enumerate(workers):
-    assert w.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+  helpers.run_two_processes(
+      lambda coordinator, i: [sys.executable, WORKER, coordinator, str(i), str(tmp_path / "model"), outputs[i],
+                              *extra],
+      TIMEOUT_S)
   return outputs
 
 

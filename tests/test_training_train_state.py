@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from prompt_tuning_jax.training import train_state
 
@@ -17,10 +18,14 @@ def test_split_puts_prompt_in_trainable_and_everything_else_in_frozen():
 
 
 def test_merge_inverts_split():
-  trainable, frozen = train_state.split_params(PARAMS, ".*/prompt/.*")
-  assert train_state.merge_params(trainable, frozen).keys() == PARAMS.keys()
-  merged = train_state.merge_params(trainable, frozen)
-  assert merged["encoder"].keys() == PARAMS["encoder"].keys()
+  params = {"encoder": {"prompt": {"prompt": {"prompt": np.arange(8.0).reshape(2, 4)}},
+                        "encoder_norm": {"scale": np.arange(4.0) + 10}},
+            "decoder": {"logits_dense": {"kernel": np.arange(32.0).reshape(4, 8) + 20}}}
+  merged = train_state.merge_params(*train_state.split_params(params, ".*/prompt/.*"))
+  flat, flat_merged = (traverse_util.flatten_dict(tree) for tree in (params, merged))
+  assert flat_merged.keys() == flat.keys()
+  for path, value in flat.items():
+    np.testing.assert_array_equal(flat_merged[path], value, err_msg="/".join(path))
 
 
 def test_regex_must_match_the_whole_path():

@@ -215,9 +215,11 @@ def save_t5x_legacy(params: Mapping[str, Any], directory: str, step: int = 0, *,
   tmp_dir = tempfile.mkdtemp(prefix=f"checkpoint_{step}.tmp-", dir=directory)
   try:
     target = _write_legacy_tree(params, "target", tmp_dir, inline_threshold, chunk_bytes)
-    slots = _write_legacy_tree(param_states or {}, "state.param_states", tmp_dir, inline_threshold, chunk_bytes)
-    contents = {"version": LEGACY_VERSION,
-                "optimizer": {"target": target, "state": {"step": np.asarray(step, np.int32), "param_states": slots}}}
+    state = {"step": np.asarray(step, np.int32)}
+    if param_states:  # t5x's load_t5x_checkpoint fails on an empty `param_states`; it accepts none
+      state["param_states"] = _write_legacy_tree(param_states, "state.param_states", tmp_dir, inline_threshold,
+                                                 chunk_bytes)
+    contents = {"version": LEGACY_VERSION, "optimizer": {"target": target, "state": state}}
     with open(os.path.join(tmp_dir, CHECKPOINT_FILE), "wb") as f:
       f.write(serialization.msgpack_serialize(contents))
     os.rename(tmp_dir, final_dir)

@@ -8,6 +8,8 @@ carry no loss weight) and each process feeds its own rows of each batch.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -18,6 +20,9 @@ from jax.sharding import Mesh
 from prompt_tuning_jax.training import partitioning
 
 HostBatch = Mapping[str, np.ndarray]
+# Debugging aid: a directory where every training host batch is saved as process_{i}_step_{k}.npz (the
+# multi-process test compares the hosts' batches with it).
+BATCH_LOG_DIR_ENV = "PROMPT_TUNING_JAX_BATCH_LOG_DIR"
 
 
 class EmptyDatasetError(ValueError):
@@ -50,8 +55,11 @@ def train_batches(dataset: tf.data.Dataset, host_batch_size: int, start_step: in
     raise EmptyDatasetError(f"{description} yields fewer than {host_batch_size} examples per process, not one "
                             f"batch (resuming at step {start_step}); check the task's data (TFDS data dir, "
                             "split) or lower BATCH_SIZE") from None
-  yield first
-  yield from iterator
+  log_dir = os.environ.get(BATCH_LOG_DIR_ENV)
+  for step, batch in enumerate(itertools.chain([first], iterator), start=start_step):
+    if log_dir:
+      np.savez(os.path.join(log_dir, f"process_{jax.process_index()}_step_{step}.npz"), **batch)
+    yield batch
 
 
 def _pad_rows(batch: HostBatch, rows: int) -> dict[str, np.ndarray]:
