@@ -21,8 +21,12 @@ Flags: see `training/cli.py`.
 import argparse
 import sys
 
-from prompt_tuning_jax.inference import batch_infer
-from prompt_tuning_jax.training import cli
+from prompt_tuning_jax.training import native_logs
+
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
+
+from prompt_tuning_jax.inference import batch_infer  # noqa: E402
+from prompt_tuning_jax.training import cli  # noqa: E402
 
 
 def _own_flags(argv: list[str]) -> tuple[list[str], list[str]]:

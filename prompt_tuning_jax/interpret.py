@@ -17,14 +17,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-import seqio
+from prompt_tuning_jax.training import native_logs
 
-from prompt_tuning_jax import checkpoints as checkpoint_io
-from prompt_tuning_jax.data import tasks, vocab
-from prompt_tuning_jax.inference import nearest_neighbors
-from prompt_tuning_jax.inference.bank import load_prompt_source
-from prompt_tuning_jax.training import cli, runs
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
+
+import numpy as np  # noqa: E402
+import seqio  # noqa: E402
+
+from prompt_tuning_jax import checkpoints as checkpoint_io  # noqa: E402
+from prompt_tuning_jax.data import tasks, vocab  # noqa: E402
+from prompt_tuning_jax.inference import nearest_neighbors  # noqa: E402
+from prompt_tuning_jax.inference.bank import load_prompt_source  # noqa: E402
+from prompt_tuning_jax.training import cli, runs  # noqa: E402
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from prompt_tuning_jax.training import native_logs  # noqa: E402
+
+native_logs.quiet_imports()  # before TensorFlow and jax are imported below
 
 from prompt_tuning_jax.data import pipeline  # noqa: E402
 from prompt_tuning_jax.experiments import ensemble, results, runner, selection  # noqa: E402

@@ -26,6 +26,9 @@ def registered_names() -> list[str]:
 
 def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
   """The registered task or mixture `name`; an unknown name raises with the closest registered ones."""
+  if not isinstance(name, str):
+    raise ValueError(f"MIXTURE_OR_TASK_NAME must name a registered task or mixture, got {name!r}; pass e.g. "
+                     "--gin.MIXTURE_OR_TASK_NAME=\"'super_glue_rte_v102'\"")
   if name in seqio.MixtureRegistry.names():
     return seqio.MixtureRegistry.get(name)
   if name in seqio.TaskRegistry.names():

@@ -155,7 +155,7 @@ def _check_bound_macros_are_used(gin_bindings: Sequence[str], known: set[str]) -
 _STR, _INT, _NUMBER, _DICT = (str,), (int,), (int, float), (dict,)
 MACRO_TYPES: dict[str, tuple[tuple[type, ...], bool, str]] = {
     # name: (types, None allowed, example)
-    "MODEL_DIR": (_STR, False, "\"'/tmp/run'\""), "MIXTURE_OR_TASK_NAME": (_STR, False, "\"'super_glue_rte_v102'\""),
+    "MODEL_DIR": (_STR, False, "\"'/tmp/run'\""), "MIXTURE_OR_TASK_NAME": (_STR, True, "\"'super_glue_rte_v102'\""),
     "MIXTURE_OR_TASK_MODULE": (_STR, True, "\"'prompt_tuning_jax.data.tasks'\""),
     "INITIAL_CHECKPOINT_PATH": (_STR, True, "\"'/ckpts/checkpoint_1100000'\""),
     "CHECKPOINT_PATH": (_STR, True, "\"'/tmp/run/checkpoint_1000'\""), "EVAL_OUTPUT_DIR": (_STR, False, "\"'/tmp/eval'\""),
