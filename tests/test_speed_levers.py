@@ -201,7 +201,7 @@ def test_train_cli_refuses_a_non_float_frozen_dtype_before_writing(tmp_path, cap
     gin.clear_config()
   assert exit_info.value.code == 1
   assert "FROZEN_PARAM_DTYPE 'int8' is not a floating-point dtype" in capsys.readouterr().err
-  assert not os.listdir(tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # refused before MODEL_DIR is created
 
 
 def test_integer_label_loss_equals_the_one_hot_formula_and_its_gradient():
