@@ -97,6 +97,8 @@ USAGE_CASES = [
     ("string_prompt_length", {"PROMPT_LENGTH": "'ten'"}, [], USAGE, "PROMPT_LENGTH must be an integer"),
     ("unquoted_model_dir", {"MODEL_DIR": "42"}, [], USAGE, "MODEL_DIR must be a string"),
     ("zero_eval_examples", {"runs.train.eval_num_examples": "0"}, [], USAGE, "eval_num_examples must be positive"),
+    ("unknown_data_sharding", {"runs.train.data_sharding": "'per_host'"}, [], USAGE,
+     "data_sharding='per_host' is not one of 'source', 'global'"),
     ("gin_syntax_error", {"TRAIN_STEPS": "(4"}, [], USAGE, "gin config"),
     ("unknown_gin_parameter", {"runs.train.no_such_parameter": "1"}, [], USAGE, "no_such_parameter"),
     ("missing_gin_file", {}, ["--gin_file=runs/no_such_run.gin"], USAGE, "gin file runs/no_such_run.gin not found"),

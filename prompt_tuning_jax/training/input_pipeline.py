@@ -1,7 +1,13 @@
 """Host-local batches for training and evaluation.
 
 Training reads a deterministic, infinitely repeated dataset (fixed shuffle seed), so the batch of step k is the
-k-th batch: resuming at step k skips k batches and sees exactly the examples an uninterrupted run would.
+k-th batch: resuming at step k skips k batches and sees exactly the examples an uninterrupted run would. Two ways
+to split it over processes (`runs.train(data_sharding=...)`):
+- 'source' (t5x's): each process reads its seqio `ShardInfo` shard, shuffled on its own, and batches it; the
+  global batch of step k depends on the number of processes.
+- 'global': every process reads the whole split in the same shuffled order, forms the global batch and keeps its
+  own rows of it, so the global batch of step k is the one a single process draws, whatever the topology (each
+  process reads all the data: fine for prompt-tuning datasets, wasteful for pretraining corpora).
 Evaluation reads the whole split on every process in global batches (the last one padded with all-zero rows, which
 carry no loss weight) and each process feeds its own rows of each batch.
 """
@@ -47,19 +53,42 @@ def train_batches(dataset: tf.data.Dataset, host_batch_size: int, start_step: in
     start_step: number of batches to skip (the step a resumed run starts at).
     description: names the data in the error raised when not even one batch can be formed.
   """
-  batches = dataset.batch(host_batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
-  iterator = batches.as_numpy_iterator()
+  return _from_step(dataset.batch(host_batch_size, drop_remainder=True), start_step,
+                    f"{description} yields fewer than {host_batch_size} examples per process")
+
+
+def _from_step(batches: tf.data.Dataset, start_step: int, too_few: str) -> Iterator[HostBatch]:
+  """The host batches of `batches` from number `start_step` on (logged where BATCH_LOG_DIR_ENV says)."""
+  iterator = batches.skip(start_step).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
   try:
     first = next(iterator)
   except StopIteration:
-    raise EmptyDatasetError(f"{description} yields fewer than {host_batch_size} examples per process, not one "
-                            f"batch (resuming at step {start_step}); check the task's data (TFDS data dir, "
-                            "split) or lower BATCH_SIZE") from None
+    raise EmptyDatasetError(f"{too_few}, not one batch (resuming at step {start_step}); check the task's data "
+                            "(TFDS data dir, split) or lower BATCH_SIZE") from None
   log_dir = os.environ.get(BATCH_LOG_DIR_ENV)
   for step, batch in enumerate(itertools.chain([first], iterator), start=start_step):
     if log_dir:
       np.savez(os.path.join(log_dir, f"process_{jax.process_index()}_step_{step}.npz"), **batch)
     yield batch
+
+
+def global_train_batches(dataset: tf.data.Dataset, global_batch_size: int, rows: slice, start_step: int,
+                         description: str = "the train split") -> Iterator[HostBatch]:
+  """This process's `rows` of every global batch of the whole `dataset`, from batch number `start_step` on.
+
+  Args:
+    dataset: all the examples (not sharded), repeated and shuffled with a fixed seed, the same on every process.
+    global_batch_size: examples per step over all processes.
+    rows: this process's rows of each global batch (`partitioning.host_batch_rows`).
+    start_step: number of global batches to skip (the step a resumed run starts at).
+    description: names the data in the error raised when not even one batch can be formed.
+  """
+  if not 0 <= rows.start < rows.stop <= global_batch_size:
+    raise ValueError(f"rows {rows.start}:{rows.stop} are not within a global batch of {global_batch_size}")
+  start, stop = rows.start, rows.stop
+  host = dataset.batch(global_batch_size, drop_remainder=True).map(
+      lambda batch: {name: value[start:stop] for name, value in batch.items()})
+  return _from_step(host, start_step, f"{description} yields fewer than {global_batch_size} examples")
 
 
 def _pad_rows(batch: HostBatch, rows: int) -> dict[str, np.ndarray]:

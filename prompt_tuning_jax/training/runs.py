@@ -40,10 +40,11 @@ from prompt_tuning_jax.training import (
     train_state,
     trainer,
 )
-from prompt_tuning_jax.training.errors import check_int
+from prompt_tuning_jax.training.errors import UsageError, check_int
 from prompt_tuning_jax.training.metrics_writer import EVAL_METRICS_FILE, MetricsWriter
 
 PyTree = Any
+DATA_SHARDINGS = ("source", "global")  # runs.train's data_sharding
 CONFIG_FILE = "config.gin"  # the latest started run's; an earlier run's different one is kept as config_until_N.gin
 EVAL_CONFIG_FILE = "eval_config.gin"  # not config.gin: EVAL_OUTPUT_DIR may be the training run's MODEL_DIR
 
@@ -230,7 +231,7 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
           log_period: int = 10, async_checkpointing: bool = False, optimizer_step_from_checkpoint: bool = True,
           absolute_train_steps: bool = False,
           stop_timeout_s: float = preemption.DEFAULT_TIMEOUT_S,
-          frozen_param_dtype: str | None = None) -> trainer.TrainState:
+          frozen_param_dtype: str | None = None, data_sharding: str = "source") -> trainer.TrainState:
   """Trains the parameters `trainable_regex` selects on a seqio task; resumes from MODEL_DIR's latest checkpoint.
 
   Args:
@@ -278,6 +279,12 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
     frozen_param_dtype: FROZEN_PARAM_DTYPE: 'bfloat16' keeps the frozen model in bfloat16 on the devices (half
       the memory and bandwidth; use it with bfloat16 activations on GPUs and TPUs); the trainable parameters and
       their optimizer state stay float32. None keeps float32.
+    data_sharding: how the processes of a multi-host job split the train split. 'source' (t5x's): each reads
+      its seqio shard (`ShardInfo`) and shuffles it on its own, so the data order depends on the number of
+      processes. 'global': each reads the whole split in one shuffled order and feeds its rows of every global
+      batch, so every step sees the batch a single process would, whatever the topology (and a run resumed on
+      another number of hosts continues the same order); each process then reads all the data. The same on one
+      process.
 
   Returns:
     The final train state.
@@ -286,6 +293,10 @@ def train(*, model: nn.Module, model_dir: str, mixture_or_task_name: str,
   check_run_arguments(train_steps=train_steps, batch_size=batch_size, save_period=save_period,
                       eval_period=eval_period, eval_num_examples=eval_num_examples, log_period=log_period)
   train_state.frozen_dtype_or_none(frozen_param_dtype)
+  if data_sharding not in DATA_SHARDINGS:
+    choices = ", ".join(map(repr, DATA_SHARDINGS))
+    raise UsageError(f"runs.train.data_sharding={data_sharding!r} is not one of {choices}: 'source' reads each "
+                     "process's seqio shard (t5x), 'global' the whole split on every process")
   import_task_module(mixture_or_task_module)
   provider = tasks.get_mixture_or_task(mixture_or_task_name)
   task_feature_lengths = pipeline.validate_task_feature_lengths(task_feature_lengths)
@@ -350,7 +361,7 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
               mesh_shape: Sequence[int] | None, logical_axis_rules: partitioning.LogicalRules | None,
               max_encoder_length: int | None, log_period: int, async_checkpointing: bool,
               optimizer_step_from_checkpoint: bool, stop_timeout_s: float, frozen_param_dtype: str | None,
-              provider: Any, initial_step: int) -> trainer.TrainState:
+              data_sharding: str, provider: Any, initial_step: int) -> trainer.TrainState:
   """`train` in a checked, locked MODEL_DIR."""
   started = time.perf_counter()
   expected, param_axes = abstract_params(model, task_feature_lengths)
@@ -361,6 +372,8 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
                  max_encoder_length, mixture_or_task_name)
   mesh = partitioning.create_mesh(num_partitions, mesh_shape)
   shard_id, num_shards, host_batch_size = partitioning.data_shard(mesh, batch_size)
+  if data_sharding == "global":  # every process reads everything and keeps its rows of each global batch
+    shard_id, num_shards = 0, 1
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
   train_dataset = lambda: pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, train_split,
                                                shuffle=True, seed=seed, shard_id=shard_id, num_shards=num_shards,
@@ -368,13 +381,19 @@ def _train_in(model_dir: str, *, model: nn.Module, mixture_or_task_name: str,
   description = f"split '{train_split}' of {mixture_or_task_name}"
   # Checked on a copy: reading a dataset advances its reshuffling, and the one trained on must give t5x's
   # (a plain seqio pipeline's) batches for this seed.
-  input_pipeline.check_not_empty(train_dataset(), host_batch_size, description)
+  input_pipeline.check_not_empty(train_dataset(), batch_size if data_sharding == "global" else host_batch_size,
+                                 description)
   train_data = train_dataset()
   params = initial_params(model, task_feature_lengths, initial_checkpoint_path, initialize_regex, seed, mesh=mesh,
                           rules=rules)
   params = train_state.cast_frozen(params, trainable_regex, frozen_param_dtype)
-  train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
-                                                                  description)
+  if data_sharding == "global":
+    rows = partitioning.host_batch_rows(mesh, batch_size)
+    train_batches = lambda start_step: input_pipeline.global_train_batches(train_data, batch_size, rows, start_step,
+                                                                           description)
+  else:
+    train_batches = lambda start_step: input_pipeline.train_batches(train_data, host_batch_size, start_step,
+                                                                    description)
   evaluate = None
   if eval_split is not None:
     evaluate = evaluation.make_evaluate(
