@@ -87,6 +87,22 @@ MUTATIONS = (
              "  flat.update(traverse_util.flatten_dict(trainable))",
              "  flat.update({k: v * 0 for k, v in traverse_util.flatten_dict(trainable).items()})",
              (T + "test_training_train_state.py::test_merge_inverts_split",)),
+    Mutation("train state: split_params regex only searched, not fully matched",
+             "prompt_tuning_jax/training/train_state.py",
+             'trainable = {path: v for path, v in flat.items() if pattern.fullmatch("/".join(path))}',
+             'trainable = {path: v for path, v in flat.items() if pattern.search("/".join(path))}',
+             (T + "test_training_train_state.py::test_regex_must_match_the_whole_path",)),
+    Mutation("checkpoint: t5x legacy tensorstore specs flattened as subtrees", "prompt_tuning_jax/checkpoints/t5x.py",
+             'sep="/", is_leaf=lambda _, v: _is_tensorstore_spec(v))', 'sep="/")',
+             (T + "test_checkpoints_t5x_foreign.py::test_t5x_legacy_checkpoint_loads_every_array_exactly",)),
+    Mutation("checkpoint: t5x orbax names joined with '.' instead of '/'", "prompt_tuning_jax/checkpoints/t5x.py",
+             '  flat = traverse_util.flatten_dict(target, sep="/")\n',
+             '  flat = traverse_util.flatten_dict(target, sep=".")\n',
+             (T + "test_checkpoints_t5x_foreign.py::test_t5x_orbax_checkpoint_loads_every_array_exactly",)),
+    Mutation("checkpoint: PEFT adapter tensor key misspelt", "prompt_tuning_jax/checkpoints/prompt_files.py",
+             'PEFT_PROMPT_KEY = "prompt_embeddings"', 'PEFT_PROMPT_KEY = "prompt_embedding"',
+             (T + "test_prompt_files.py::test_peft_adapter_gives_the_encoder_prompt_rows",
+              T + "test_prompt_files.py::test_save_peft_adapter_loads_in_peft_with_equal_prompt_embeddings")),
     Mutation("checkpoint: Hugging Face v/o swapped in the name map", "prompt_tuning_jax/checkpoints/hf.py",
              '_ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}',
              '_ATTENTION = {"query": "q", "key": "k", "value": "o", "out": "v"}',
@@ -114,6 +130,22 @@ MUTATIONS = (
              "total_z_loss = z_loss * jnp.square(log_z)\n  return log_z - target_logits",
              "total_z_loss = 0.0 * jnp.square(log_z)\n  return log_z - target_logits",
              (T + "test_training_losses.py",)),
+    Mutation("loss: NUM_REAL_TARGET_TOKENS divides by min(weight_sum, 1)", "prompt_tuning_jax/training/losses.py",
+             "return loss / jnp.maximum(weight_sum, 1.0)", "return loss / jnp.minimum(weight_sum, 1.0)",
+             (T + "test_training_losses.py::test_normalize_by_real_target_tokens_gives_the_mean",)),
+    Mutation("eval: loss and accuracy are means of per-batch means", "prompt_tuning_jax/training/evaluation.py",
+             "    for name, value in partitioning.fetch(eval_step(trainable, frozen, batch)).items():\n"
+             "      totals[name] = totals.get(name, 0.0) + float(value)\n"
+             "  weight_sum = max(totals[\"weight_sum\"], 1.0)\n",
+             "    metrics = partitioning.fetch(eval_step(trainable, frozen, batch))\n"
+             "    for name, value in metrics.items():\n"
+             "      scale = 1.0 if name in (\"weight_sum\", \"num_examples\") else "
+             "max(float(metrics[\"weight_sum\"]), 1.0)\n"
+             "      totals[name] = totals.get(name, 0.0) + float(value) / scale\n"
+             "    totals[\"batches\"] = totals.get(\"batches\", 0.0) + 1.0\n"
+             "  weight_sum = totals[\"batches\"]\n",
+             (T + "test_training_evaluation.py::"
+              "test_eval_with_a_partial_last_batch_equals_numpy_over_exactly_the_split[one_device]",)),
     Mutation("eval: padding rows counted as examples", "prompt_tuning_jax/training/steps.py",
              '"num_examples": jnp.sum(jnp.any(weights > 0, axis=-1)),',
              '"num_examples": jnp.asarray(weights.shape[0]),',

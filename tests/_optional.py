@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 SKIP_REASON = "optional test dependency missing"
-INSTALL_HINT = {"t5x": "bash /work/shared/vendor/t5x/install.sh"}
+INSTALL_HINT = {"t5x": "bash ../shared/vendor/t5x/install.sh .venv/bin/python; see the README's 'Running under t5x'"}
 
 
 def optional(name: str) -> ModuleType | None:

@@ -1,4 +1,4 @@
-"""Shared by the t5x tests: the skip when t5x is missing, and subprocess runs of t5x's and our CLIs.
+"""Shared by the t5x tests: subprocess runs of t5x's and our CLIs.
 
 The runs use the packaged demo model (a T5X legacy checkpoint at step 5000) and `taskless_synthetic_reverse`.
 """
@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 import filelock
 import pytest
 
-T5X_MISSING = ("t5x is not installed: bash ../shared/vendor/t5x/install.sh .venv/bin/python (or see the README's "
-               "'Running under t5x')")
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO_ROOT / "gin_configs"
 DEMO_CHECKPOINT = REPO_ROOT / "prompt_tuning_jax" / "demo_assets" / "checkpoint_5000"
@@ -26,11 +24,6 @@ TASK = "taskless_synthetic_reverse"
 LENGTHS = "{'inputs': 12, 'targets': 10}"
 PROMPT_LENGTH = 20
 NUMPY_PROMPT = "encoder.prompt.prompt.prompt"
-
-
-def require_t5x() -> None:
-  """Skips the calling module, with one reason everywhere, unless t5x is importable."""
-  pytest.importorskip("t5x.train", reason=T5X_MISSING)
 
 
 def run_cli(module: str, flags: Sequence[str]) -> None:

@@ -3,14 +3,14 @@
 - Eight host CPU devices so sharding tests can build real meshes (1x1, 8x1, 2x4); this must happen before jax is
   imported anywhere in the process.
 - Isolation: seqio tasks and mixtures a test registers are removed after it, so no test sees another's.
-- `--random-order-seed=N` runs the test files in a seeded random order, and the tests of each file in a seeded
-  random order (files stay together, so module fixtures are built once); the default is the file order.
+- Order: pytest-randomly (the test extra) shuffles the files, and the tests within each file, on every run (a
+  file's tests stay together, so module fixtures are built once). The header names the seed; `--randomly-seed=N`
+  repeats an order, `-p no:randomly` runs in file order.
 - With PROMPT_TUNING_JAX_REQUIRE_PARITY=1 (CI), a test skipped for a missing optional oracle (torch,
   transformers, peft, t5x; see `_optional.py`) fails the session instead of vanishing.
 """
 
 import os
-import random
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,31 +26,6 @@ REQUIRE_PARITY_ENV = "PROMPT_TUNING_JAX_REQUIRE_PARITY"
 _parity_skips: list[str] = []
 
 
-def pytest_addoption(parser):
-  parser.addoption("--random-order-seed", type=int, default=None,
-                   help="shuffle test files, and the tests within each file, with this seed")
-
-
-def pytest_collection_modifyitems(config, items):
-  seed = config.getoption("--random-order-seed")
-  if seed is None:
-    return
-  rng = random.Random(seed)
-  files: dict[str, list] = {}
-  for item in items:
-    files.setdefault(item.nodeid.split("::")[0], []).append(item)
-  order = list(files.values())
-  rng.shuffle(order)
-  for group in order:
-    rng.shuffle(group)
-  items[:] = [item for group in order for item in group]
-
-
-def pytest_report_header(config):
-  seed = config.getoption("--random-order-seed")
-  return f"test order: {'file order' if seed is None else f'random, --random-order-seed={seed}'}"
-
-
 @pytest.fixture(autouse=True)
 def _remove_tasks_registered_by_the_test():
   before = {registry: set(registry.names()) for registry in (seqio.TaskRegistry, seqio.MixtureRegistry)}
@@ -61,8 +36,19 @@ def _remove_tasks_registered_by_the_test():
 
 
 def pytest_runtest_logreport(report):
-  if report.skipped and SKIP_REASON in str(report.longrepr):
+  # SKIP_REASON: the `_optional` skips; "could not import": a stray pytest.importorskip (test_suite_hygiene.py
+  # forbids them, this still counts one).
+  if report.skipped and any(text in str(report.longrepr) for text in (SKIP_REASON, "could not import")):
     _parity_skips.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  """The order, even under -q (pytest-randomly names its seed only in the header, which -q hides)."""
+  seed = getattr(config.option, "randomly_seed", None)
+  if config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
+    terminalreporter.write_line(f"test order: random, --randomly-seed={seed} repeats it (-p no:randomly: file order)")
+  else:
+    terminalreporter.write_line("test order: file order")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _optional import needs
 
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.inference import decoding, scoring
@@ -186,11 +187,12 @@ def test_every_beam_score_is_its_teacher_forced_log_likelihood_over_the_brevity_
         assert (beam[list(beam).index(EOS) + 1:] == 0).all()
 
 
+@needs("t5x")
 @pytest.mark.parametrize("num_beams, alpha", [(1, 0.6), (3, 0.6)])
 def test_beam_search_equals_t5x_beam_search_over_the_same_cache(eos_params, inputs, num_beams, alpha):
   """t5x's own `decoding.beam_search` driven by this model's decoder: the same finished beams and scores (t5x
   lists them worst first and pads missing ones with -1e7 rows, where ours holds live beams, see decoding.py)."""
-  t5x_decoding = pytest.importorskip("t5x.decoding")
+  from t5x import decoding as t5x_decoding
   encoded, mask = decoding.encode(MODEL, eos_params, inputs)
   cache = decoding.init_cache(MODEL, eos_params, encoded, mask, LENGTH)
   beam_encoded, beam_mask = jnp.repeat(encoded, num_beams, 0), jnp.repeat(mask, num_beams, 0)

@@ -14,16 +14,16 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _optional import optional, parity_marks
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+from prompt_tuning_jax import prompts
+from prompt_tuning_jax.checkpoints import load_params
+from prompt_tuning_jax.checkpoints.prompt_files import load_prompt
+from prompt_tuning_jax.inference import decoding
+from prompt_tuning_jax.model import T5Config, Transformer
 
-from prompt_tuning_jax import prompts  # noqa: E402
-from prompt_tuning_jax.checkpoints import load_params  # noqa: E402
-from prompt_tuning_jax.checkpoints.prompt_files import load_prompt  # noqa: E402
-from prompt_tuning_jax.inference import decoding  # noqa: E402
-from prompt_tuning_jax.model import T5Config, Transformer  # noqa: E402
+torch, transformers, peft = optional("torch"), optional("transformers"), optional("peft")
+pytestmark = parity_marks("torch", "transformers", "peft")
 
 EOS, LENGTH, PROMPT_LENGTH = 1, 10, 5
 # 6 heads x 8 = 48 != d_model 32. Equal encoder and decoder depths: transformers 4.57's T5 `generate` (with or

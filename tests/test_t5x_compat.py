@@ -12,13 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _optional import optional, parity_marks
 from flax import traverse_util
 
-h.require_t5x()
+from prompt_tuning_jax import checkpoints
 
-from prompt_tuning_jax import checkpoints  # noqa: E402
-from prompt_tuning_jax.t5x_compat import models as t5x_compat_models  # noqa: E402
-from prompt_tuning_jax.t5x_compat import optimizers as t5x_compat_optimizers  # noqa: E402
+pytestmark = parity_marks("t5x")
+# Our t5x plug-in imports t5x: None without it (the tests then skip with the one reason).
+t5x_compat_models = optional("prompt_tuning_jax.t5x_compat.models") if optional("t5x") else None
+t5x_compat_optimizers = optional("prompt_tuning_jax.t5x_compat.optimizers") if optional("t5x") else None
 
 STEPS = 3
 BATCH = 8
