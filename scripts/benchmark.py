@@ -19,8 +19,11 @@ the same count as shared/bench/peft_gpu_shapes.fwd_flops; x2 because the backwar
 gradients only, no weight gradients), MFU = model TFLOP/s / a matmul ceiling measured in the same run (an
 8192^3 bf16 matmul on GPU; on CPU a 2048^3 matmul in the run's dtype), peak device memory where the backend
 reports it (and for ours XLA's own estimate of the step's peak), compile time, and PEFT's step time / ours.
-The load average is printed before and after; above 1 (other processes compete for the cores) the ratios are
-marked NOT final, since contention slows the two sides differently.
+Whether other work competed: the load average before the first measurement (above 1: the machine was not idle),
+and the CPU the rest of the machine used while the measurements ran (/proc/stat's busy time minus this script's
+and its subprocesses', in cores on average; above 0.25 cores: something else ran). The load average after the run
+counts the benchmark's own processes, so it is printed but not used. Either excess marks the ratios NOT final,
+since contention slows the two sides differently.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 SIZES = {  # T5 1.1 shapes; cpu_small fits a 2-core CPU
     "cpu_small": dict(emb_dim=256, mlp_dim=1024, num_layers=4, num_heads=4, head_dim=64),
@@ -69,6 +73,41 @@ def _median_and_spread(values: list[float]) -> tuple[float, float, float]:
 def load_average() -> float:
   """The 1-minute load average (processes running or waiting for a core)."""
   return os.getloadavg()[0]
+
+
+OTHER_CPU_LIMIT = 0.25  # cores the rest of the machine may use on average while the measurements run
+
+
+def is_final(load_before: float, others: float | None) -> tuple[bool, list[str]]:
+  """Whether the machine was idle for the run: (final, the reasons it was not)."""
+  reasons = []
+  if load_before > 1.0:
+    reasons.append(f"load average {load_before:.2f} > 1 before the run")
+  if others is None:
+    reasons.append("other processes' CPU could not be measured")
+  elif others > OTHER_CPU_LIMIT:
+    reasons.append(f"other processes used {others:.2f} cores > {OTHER_CPU_LIMIT} during it")
+  return not reasons, reasons
+
+
+def cpu_counters() -> tuple[float, float, float] | None:
+  """(wall s, machine busy core-seconds, this process's and its waited-for children's CPU s); None off Linux."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+  busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user/nice
+  own = os.times()
+  return time.monotonic(), busy, own.user + own.system + own.children_user + own.children_system
+
+
+def other_cpu(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
+  """Cores used on average by everything but this script and its subprocesses between two `cpu_counters`."""
+  if start is None or end is None or end[0] <= start[0]:
+    return None
+  return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
 
 
 def matmul_ceiling(dtype: str) -> dict:
@@ -475,6 +514,7 @@ def main() -> None:
   sides = (["ours"] + [f"ours-{name}" for name, _ in args.ours_variant]
            + [f"peft-{m}" for m in args.peft_modes.split(",") if m])
   load_before = load_average()
+  counters_before = cpu_counters()
   runs = []
   for repeat in range(args.repeats):
     for side in sides:
@@ -483,6 +523,7 @@ def main() -> None:
       status = r["error"] if "error" in r else f"{1e3 * r['step_s']:.1f} ms/step"
       print(f"repeat {repeat + 1}/{args.repeats} {side}: {status} (load {load_average():.2f})", flush=True)
   load_after = load_average()
+  others = other_cpu(counters_before, cpu_counters())
   rows = summarize(runs, tokens, flops)
   ours = next((r for r in rows if r["impl"] == "ours" and "error" not in r), {})
   print(f"\nsize {args.size}, batch {args.batch}, {args.inputs} input + {args.prompt_length} prompt tokens, "
@@ -503,16 +544,18 @@ def main() -> None:
   for peft_row in (r for r in good if r["impl"].startswith("peft")):
     ratios = ", ".join(f"{r['impl']} {peft_row['step_s'] / r['step_s']:.2f}x" for r in good if r["impl"].startswith("ours"))
     print(f"faster than {peft_row['impl']} (its median step / ours): {ratios}")
-  busy = max(load_before, load_after)
-  final = busy <= 1.0
-  print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, {os.cpu_count()} cores")
+  final, reasons = is_final(load_before, others)
+  others_text = "unknown (no /proc/stat)" if others is None else f"{others:.2f} cores"
+  print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f} (this run's own processes "
+        f"included); other processes' CPU during the measurements: {others_text}; {os.cpu_count()} cores")
   if not final:
-    print(f"!!! NOT FINAL: load average {busy:.2f} > 1: other work competed for the cores, so these ratios "
-          "do not count; rerun on an idle machine !!!")
+    print(f"!!! NOT FINAL: {'; '.join(reasons)}: other work competed for the cores, so these ratios do not count; "
+          "rerun on an idle machine !!!")
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(dict(args={k: v for k, v in vars(args).items() if not k.startswith("_")}, load_before=load_before,
-                     load_after=load_after, final=final, runs=runs, rows=rows), f, indent=1)
+                     load_after=load_after, other_cpu_cores=others, final=final, runs=runs, rows=rows), f,
+                indent=1)
 
 
 if __name__ == "__main__":

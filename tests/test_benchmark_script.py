@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,3 +51,34 @@ def test_bad_flags_are_one_line_errors(flag, message):
   out = subprocess.run([sys.executable, SCRIPT, flag], capture_output=True, text=True)
   assert out.returncode == 2
   assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_final_needs_an_idle_start_and_no_other_cpu_during_the_run():
+  assert benchmark.is_final(0.4, 0.1) == (True, [])
+  final, reasons = benchmark.is_final(1.6, 0.1)
+  assert not final and reasons == ["load average 1.60 > 1 before the run"]
+  final, reasons = benchmark.is_final(0.2, 0.8)
+  assert not final and reasons == ["other processes used 0.80 cores > 0.25 during it"]
+  assert benchmark.is_final(0.2, None)[0] is False  # unmeasured is not idle
+
+
+def test_other_cpu_subtracts_this_scripts_own_time():
+  # 10 s of wall time, 14 core-seconds busy on the machine, 9 of them this script's and its children's.
+  assert benchmark.other_cpu((100.0, 50.0, 3.0), (110.0, 64.0, 12.0)) == pytest.approx(0.5)
+  assert benchmark.other_cpu((100.0, 50.0, 3.0), (110.0, 55.0, 12.0)) == 0.0  # tick rounding never goes negative
+  assert benchmark.other_cpu(None, (110.0, 55.0, 12.0)) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_other_cpu_sees_a_process_that_is_not_this_scripts():
+  """A busy process this script did not wait for counts as other work (it gets at least a good part of a core
+  even on a loaded machine; the bound is loose on purpose)."""
+  busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+  try:
+    start = benchmark.cpu_counters()
+    time.sleep(2.0)
+    others = benchmark.other_cpu(start, benchmark.cpu_counters())
+  finally:
+    busy.kill()
+    busy.wait()
+  assert others is not None and others > 0.3, others

@@ -88,3 +88,37 @@ def test_our_legacy_checkpoint_is_read_by_t5x(tmp_path):
   directory = save_t5x_legacy(params, str(tmp_path), step=5)
   restored = t5x_checkpoints.load_t5x_checkpoint(str(directory))
   _assert_equal_to_fixture(restored["target"])
+
+
+@needs("t5x")
+def test_t5x_t5_1_1_network_has_our_parameter_names_and_gives_our_logits():
+  """t5x's own T5 1.1 (`t5x.examples.t5.network`, the model t5x's T5 1.1 checkpoints come from) initialized by
+  t5x: the same parameter paths and shapes as ours (so the fixtures, built from our tree, have t5x's names), and
+  our model run on t5x's parameters gives t5x's logits."""
+  import jax
+  import jax.numpy as jnp
+  from flax.core import meta
+  from t5x.examples.t5 import network
+
+  from prompt_tuning_jax.model import T5Config
+
+  theirs = network.Transformer(network.T5Config(
+      vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=2, num_decoder_layers=3,
+      mlp_activations=("gelu", "linear"), dropout_rate=0.0, logits_via_embedding=False))
+  ours = Transformer(T5Config(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=2,
+                              num_decoder_layers=3))  # t5x's network fixes 32 buckets, distance 128: our defaults
+  rng = np.random.RandomState(0)
+  inputs = jnp.asarray(np.concatenate([rng.randint(2, 40, (3, 9)), np.zeros((3, 3))], 1), jnp.int32)  # padded
+  targets = jnp.asarray(rng.randint(2, 40, (3, 7)), jnp.int32)
+  decoder_inputs = jnp.concatenate([jnp.zeros((3, 1), jnp.int32), targets[:, :-1]], axis=1)
+  variables = theirs.init(jax.random.PRNGKey(1), inputs, decoder_inputs, targets, enable_dropout=False)
+  params = meta.unbox(variables["params"])
+  t5x_flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, params), sep="/")
+  our_boxed = ours.init(jax.random.PRNGKey(0), inputs, decoder_inputs, targets, enable_dropout=False)["params"]
+  our_flat = traverse_util.flatten_dict(meta.unbox(our_boxed), sep="/")
+  assert {k: v.shape for k, v in t5x_flat.items()} == {k: v.shape for k, v in our_flat.items()}
+  expected = theirs.apply({"params": params}, inputs, decoder_inputs, targets, enable_dropout=False)
+  got = ours.apply({"params": params}, inputs, decoder_inputs, targets, enable_dropout=False)
+  scale = float(jnp.max(jnp.abs(expected)))
+  assert scale > 1e-2  # not a degenerate all-zero comparison
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5 * scale, rtol=1e-5)

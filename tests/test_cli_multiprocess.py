@@ -84,15 +84,20 @@ def single_process_run(tmp_path_factory):
   """(MODEL_DIR, batch log dir) of the same run in this one process (8 CPU devices, the default sharding)."""
   root = tmp_path_factory.mktemp("one_process_cli")
   model_dir, log_dir = str(root / "model"), str(root / "batches")
+  _train_here(model_dir, log_dir)
+  return model_dir, log_dir
+
+
+def _train_here(model_dir: str, log_dir: str, *extra: str) -> None:
+  """The training CLI in this process (8 devices), logging its batches to `log_dir`."""
   os.makedirs(log_dir)
   gin.clear_config()
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv(input_pipeline.BATCH_LOG_DIR_ENV, log_dir)
     try:
-      train_cli.main(_train_flags(model_dir))
+      train_cli.main(_train_flags(model_dir, *extra))
     finally:
       gin.clear_config()
-  return model_dir, log_dir
 
 
 def _logged(log_dir: str, process: int, step: int) -> dict[str, np.ndarray]:
@@ -180,14 +185,7 @@ def test_global_data_sharding_resumes_on_another_topology_in_the_same_order(two_
   for step in range(2, STEPS + 1):
     shutil.rmtree(os.path.join(resumed, f"checkpoint_{step}"))
     shutil.rmtree(os.path.join(resumed, "numpy_checkpoints", f"checkpoint_{step}"))
-  os.makedirs(log_dir)
-  gin.clear_config()
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(input_pipeline.BATCH_LOG_DIR_ENV, log_dir)
-    try:
-      train_cli.main(_train_flags(resumed, "--gin.runs.train.data_sharding='global'", "--gin.SAVE_PERIOD=1"))
-    finally:
-      gin.clear_config()
+  _train_here(resumed, log_dir, "--gin.runs.train.data_sharding='global'", "--gin.SAVE_PERIOD=1")
   assert sorted(os.listdir(log_dir)) == [f"process_0_step_{s}.npz" for s in range(1, STEPS)]
   for step in range(1, STEPS):
     hosts = [_logged(two_log, i, step) for i in range(2)]
