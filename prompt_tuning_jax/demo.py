@@ -39,18 +39,16 @@ native_logs.quiet_imports()
 
 import gin  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import seqio  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from prompt_tuning_jax import checkpoints as checkpoint_io  # noqa: E402
 from prompt_tuning_jax.data import pipeline, postprocessors, synthetic, vocab  # noqa: E402
 from prompt_tuning_jax.inference import nearest_neighbors  # noqa: E402
-from prompt_tuning_jax.inference.decoding import greedy_decode  # noqa: E402
+from prompt_tuning_jax.inference.decoding import decode_examples  # noqa: E402
 from prompt_tuning_jax.model import t5  # noqa: E402
 from prompt_tuning_jax.training import checkpointing, cli, runs, train_state  # noqa: E402
-from prompt_tuning_jax.training.metrics_writer import METRICS_FILE  # noqa: E402
+from prompt_tuning_jax.training.metrics_writer import METRICS_FILE, read_metrics  # noqa: E402
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_assets")
 MARKER_FILE = "demo_run.json"  # marks a MODEL_DIR as the demo's own, so --fresh may delete it
@@ -146,19 +144,6 @@ def check_not_shorter(run_dir: str, train_steps: int) -> None:
   print(f"demo: resuming {run_dir} from checkpoint_{max(done)} (the run {what})", flush=True)
 
 
-def read_metrics(model_dir: str) -> list[dict[str, Any]]:
-  """The lines of MODEL_DIR/metrics.jsonl; for a step logged twice (a resumed run), the later line wins."""
-  path = os.path.join(model_dir, METRICS_FILE)
-  if not os.path.isfile(path):
-    return []
-  latest: dict[tuple[int, str], dict[str, Any]] = {}
-  with open(path) as f:
-    for line in f:
-      entry = json.loads(line)
-      latest[(entry["step"], entry["split"])] = entry
-  return sorted(latest.values(), key=lambda e: (e["step"], e["split"]))
-
-
 def final_validation(model_dir: str, step: int) -> dict[str, float]:
   """The validation metrics the trainer logged at `step` (the last one)."""
   for entry in read_metrics(model_dir):
@@ -195,16 +180,6 @@ def describe_drift(initial: np.ndarray, learned: np.ndarray, embedding: np.ndarr
   lines = nearest_neighbors.describe_prompt(learned, embedding, vocabulary, k)
   return [f"{line}   (initially {vocabulary.decode([int(i)])!r} {s:.2f})"
           for line, i, s in zip(lines, start_ids[:, 0], start_sims[:, 0], strict=True)]
-
-
-def decode_examples(model: t5.Transformer, params: Any, examples: Sequence[Mapping[str, Any]],
-                    input_length: int, max_decode_length: int, vocabulary: seqio.Vocabulary) -> list[str]:
-  """Greedy predictions, as text, for task examples (numpy dicts with 'inputs' tokens ending in EOS)."""
-  tokens = np.zeros((len(examples), input_length), np.int32)  # [batch, input_length], 0-padded
-  for row, example in enumerate(examples):
-    tokens[row, :len(example["inputs"])] = example["inputs"]
-  predicted = greedy_decode(model, params, jnp.asarray(tokens), max_decode_length, vocabulary.eos_id)
-  return [vocabulary.decode([int(t) for t in row]) for row in np.asarray(predicted)]
 
 
 def plot_curves(path: str, prompt_dir: str, initial: Mapping[str, float], no_prompt: Mapping[str, float],

@@ -12,7 +12,9 @@ import pytest
 from prompt_tuning_jax import checkpoints as checkpoint_io
 from prompt_tuning_jax import demo
 from prompt_tuning_jax.data import pipeline, synthetic, vocab
+from prompt_tuning_jax.inference import decoding
 from prompt_tuning_jax.model import t5
+from prompt_tuning_jax.training import metrics_writer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"inputs": 12, "targets": 10}  # demo/task.gin's TASK_FEATURE_LENGTHS
@@ -35,8 +37,8 @@ def _exact_match(model, params, task: str) -> float:
   """Greedy exact match (%) on the first NUM_EXAMPLES validation examples of a synthetic task."""
   examples = pipeline.get_task_dataset(task, LENGTHS, "validation").take(NUM_EXAMPLES).as_numpy_iterator()
   examples = list(examples)
-  predictions = demo.decode_examples(model, params, examples, LENGTHS["inputs"], LENGTHS["targets"],
-                                     vocab.synthetic_vocabulary())
+  predictions = decoding.decode_examples(model, params, examples, LENGTHS["inputs"], LENGTHS["targets"],
+                                         vocab.synthetic_vocabulary())
   targets = [ex["targets_pretokenized"].decode() for ex in examples]
   return 100.0 * np.mean([p == t for p, t in zip(predictions, targets, strict=True)])
 
@@ -109,7 +111,7 @@ def test_read_metrics_keeps_the_later_line_of_a_repeated_step(tmp_path):
   lines = [{"step": 10, "split": "train", "loss": 2.0}, {"step": 10, "split": "train", "loss": 1.0},
            {"step": 10, "split": "validation", "loss": 3.0}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-  assert [m["loss"] for m in demo.read_metrics(str(tmp_path))] == [1.0, 3.0]
+  assert [m["loss"] for m in metrics_writer.read_metrics(str(tmp_path))] == [1.0, 3.0]
 
 
 def test_plot_curves_writes_a_png_of_the_logged_metrics(tmp_path):

@@ -3,7 +3,7 @@ the ensemble that decodes every validation example with each seed's best prompt 
 
 The vote is over the decoded strings, per example; a tie goes to the earliest seed (the grid's seed order)
 among the tied answers, so the result is deterministic. Every seed's prompt is decoded greedily with
-`inference.decoding.greedy_decode` (through `demo.decode_examples`) on the same examples its evaluations
+`inference.decoding.greedy_decode` (through `decoding.decode_examples`) on the same examples its evaluations
 used (the cell's eval split and eval_num_examples), and scored by the task's own metrics.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_tuning_jax.data import pipeline, tasks
-from prompt_tuning_jax.demo import decode_examples
 from prompt_tuning_jax.experiments import grid as grid_lib
 from prompt_tuning_jax.experiments import runner
+from prompt_tuning_jax.inference.decoding import decode_examples
 from prompt_tuning_jax.model import t5
 from prompt_tuning_jax.training import checkpointing, runs
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning_jax.demo import read_metrics
 from prompt_tuning_jax.experiments import grid as grid_lib
 from prompt_tuning_jax.experiments import runner
+from prompt_tuning_jax.training.metrics_writer import read_metrics
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"

@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 PyTree = Any
@@ -203,6 +205,17 @@ def greedy_decode(model: nn.Module, params: PyTree, encoder_input_tokens: Array,
                   eos_id: int = 1) -> Array:
   """Greedy tokens [batch, max_decode_length] (EOS included, 0 after it); `decode(method='greedy')` without scores."""
   return decode(model, params, encoder_input_tokens, max_decode_length=max_decode_length, eos_id=eos_id)[0]
+
+
+def decode_examples(model: nn.Module, params: PyTree, examples: Sequence[Mapping[str, Any]], input_length: int,
+                    max_decode_length: int, vocabulary: Any) -> list[str]:
+  """Greedy predictions, as text, for task examples (dicts with 'inputs' token ids ending in EOS, e.g. a seqio
+  split's numpy examples); `vocabulary` is a `seqio.Vocabulary`."""
+  tokens = np.zeros((len(examples), input_length), np.int32)  # [batch, input_length], 0-padded
+  for row, example in enumerate(examples):
+    tokens[row, :len(example["inputs"])] = example["inputs"]
+  predicted = greedy_decode(model, params, jnp.asarray(tokens), max_decode_length, vocabulary.eos_id)
+  return [vocabulary.decode([int(t) for t in row]) for row in np.asarray(predicted)]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id"))

@@ -20,6 +20,20 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_METRICS_FILE = "eval_metrics.jsonl"  # `python -m prompt_tuning_jax.eval`'s, kept apart from the training run's
 
 
+def read_metrics(model_dir: str) -> list[dict]:
+  """The lines of MODEL_DIR/metrics.jsonl, by step and split; for a step logged twice (a resumed run), the later
+  line wins. [] when there is no such file."""
+  path = os.path.join(model_dir, METRICS_FILE)
+  if not tf.io.gfile.exists(path):
+    return []
+  latest: dict[tuple[int, str], dict] = {}
+  with tf.io.gfile.GFile(path, "r") as f:
+    for line in f:
+      entry = json.loads(line)
+      latest[(entry["step"], entry["split"])] = entry
+  return sorted(latest.values(), key=lambda e: (e["step"], e["split"]))
+
+
 class MetricsWriter:
   """Appends {'step', 'split', metric: value} lines to MODEL_DIR/metrics.jsonl and scalars to MODEL_DIR/<split>/.
 
