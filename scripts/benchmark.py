@@ -78,6 +78,13 @@ def load_average() -> float:
 OTHER_CPU_LIMIT = 0.25  # cores the rest of the machine may use on average while the measurements run
 
 
+def _write_json(path: str | None, result: dict) -> None:
+  """--json_out: the run's result as JSON (nothing when no path was given)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(result, f, indent=1)
+
+
 def is_final(load_before: float, others: float | None) -> tuple[bool, list[str]]:
   """Whether the machine was idle for the run: (final, the reasons it was not)."""
   reasons = []
@@ -486,9 +493,7 @@ def main() -> None:
     for row in result["rows"]:
       print(f"{row['impl']:28s} {1e3 * row['batch_s']:9.1f} {row['tokens_per_s']:10.1f}")
     print(f"KV cache / no cache: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
-    if args.json_out:
-      with open(args.json_out, "w") as f:
-        json.dump(result, f, indent=1)
+    _write_json(args.json_out, result)
     return
   if args.mixed_prompts:
     result = run_mixed_prompts(args)
@@ -498,9 +503,7 @@ def main() -> None:
     for key in ("mixed batch (bank) examples/s", "one task at a time examples/s"):
       print(f"{key:32s} {result[key]:10.1f}")
     print(f"mixed batch / one task at a time: {result['speedup']:.2f}x; same tokens: {result['same_tokens']}")
-    if args.json_out:
-      with open(args.json_out, "w") as f:
-        json.dump(result, f, indent=1)
+    _write_json(args.json_out, result)
     return
   if args._side and args._side.startswith("ours"):
     print(json.dumps(run_ours(args)))
@@ -551,11 +554,9 @@ def main() -> None:
   if not final:
     print(f"!!! NOT FINAL: {'; '.join(reasons)}: other work competed for the cores, so these ratios do not count; "
           "rerun on an idle machine !!!")
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(dict(args={k: v for k, v in vars(args).items() if not k.startswith("_")}, load_before=load_before,
-                     load_after=load_after, other_cpu_cores=others, final=final, runs=runs, rows=rows), f,
-                indent=1)
+  _write_json(args.json_out, dict(args={k: v for k, v in vars(args).items() if not k.startswith("_")},
+                                  load_before=load_before, load_after=load_after, other_cpu_cores=others,
+                                  final=final, runs=runs, rows=rows))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_model import _batch as model_batch
 
 from prompt_tuning_jax import prompts
 from prompt_tuning_jax.model import T5Config, Transformer, config_for_size
@@ -21,16 +22,10 @@ PROMPT_REGEX = ".*/prompt/.*"
 
 
 def _batch(seed=0, batch=3, source=10, target=6, vocab=TINY.vocab_size):
-  """Inputs and targets with trailing padding (row 0 and 1), so masks matter."""
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, vocab, (batch, source)).astype(np.int32)
-  enc[0, 7:] = 0
-  enc[1, 3:] = 0
-  tgt = rng.randint(2, vocab, (batch, target)).astype(np.int32)
-  tgt[0, 4:] = 0
-  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec),
-          "decoder_target_tokens": jnp.asarray(tgt), "decoder_loss_weights": jnp.asarray(tgt > 0, jnp.float32)}
+  """test_model's padded inputs and targets (rows 0 and 1 padded, so masks matter) as a train-step batch."""
+  enc, dec, tgt = model_batch(seed, batch, source, target, vocab)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec, "decoder_target_tokens": tgt,
+          "decoder_loss_weights": jnp.asarray(tgt > 0, jnp.float32)}
 
 
 def _model(config=TINY):
